@@ -1,4 +1,7 @@
 //! placeholder
 pub mod config;
+pub mod event;
 pub mod gojson;
 pub mod ip;
+pub mod key;
+pub mod lease;
