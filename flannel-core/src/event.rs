@@ -346,7 +346,7 @@ mod tests {
 
         /// A small universe of keys so snapshots overlap often.
         fn key(i: u8) -> String {
-            let text = if i % 5 == 0 {
+            let text = if i.is_multiple_of(5) {
                 format!("10.9.{i}.0-24&fd00:{i}::-64")
             } else {
                 format!("10.9.{i}.0-24")

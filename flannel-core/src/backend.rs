@@ -1,0 +1,223 @@
+//! The backend contract: how a datapath is set up and kept in step with the
+//! leases.
+//!
+//! # How a backend is driven
+//!
+//! 1. **Register.** The daemon (or an embedding agent) builds a
+//!    [`RegisterContext`] — the validated [`NetConfig`], the chosen
+//!    [`ExternalInterface`] and the [`SubnetManager`] — and calls
+//!    [`Backend::register_network`]. The backend decodes its options from
+//!    `config.backend`, creates what must exist before the lease (devices, keys,
+//!    child processes), builds its [`LeaseAttrs`] (public IP, backend type,
+//!    backend data such as a VTEP MAC or a WireGuard public key) and acquires
+//!    the lease through [`RegisterContext::acquire_lease`]. It then configures
+//!    the local side (addresses on its device) and returns its [`Network`].
+//! 2. **Lease.** The caller writes `subnet.env` with [`Network::lease`] and
+//!    [`Network::mtu`], then tells the manager
+//!    ([`SubnetManager::complete_lease`]).
+//! 3. **Events.** The runner watches all leases, filters them through a
+//!    [`LeaseWatcher`](crate::event::LeaseWatcher) (our own lease removed), and
+//!    passes incremental changes to [`Network::handle_events`].
+//! 4. **Resync.** After every snapshot (start, reconnect, compaction) and every
+//!    [`Network::resync_interval`], the runner calls [`Network::resync`] with
+//!    the complete set of remote leases. The backend makes the kernel match it:
+//!    restores what an admin deleted, removes what belongs to leases that no
+//!    longer exist.
+//! 5. **Renewal.** When the runner renews or re-acquires the lease it calls
+//!    [`Network::lease_changed`].
+//! 6. **Shutdown.** The caller stops the runner and calls
+//!    [`Network::shutdown`]. A backend stops what cannot outlive the process
+//!    (a userspace loop, a child process) but **never tears down the kernel
+//!    datapath**: devices, routes, neighbours and FDB entries stay, so a
+//!    restarted flanneld takes over without dropping a packet.
+//!
+//! Backends that need a long-running loop (udp's TUN↔UDP copy, ipsec's
+//! charon supervision) hand it out through [`Network::take_driver`] as a
+//! future the caller polls; no backend spawns tasks of its own.
+
+use crate::config::NetConfig;
+use crate::event::LeaseEvent;
+use crate::ip::{Ip4Net, Ip6Net};
+use crate::lease::{Lease, LeaseAttrs};
+use crate::manager::{AcquireRequest, ManagerError, SubnetManager};
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::pin::Pin;
+use std::time::Duration;
+
+/// The host interface flannel sends encapsulated or routed traffic through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    /// Interface name, e.g. `eth0`.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Interface MTU.
+    pub mtu: u32,
+    /// The interface's IPv4 address in use (Go's `IfaceAddr`).
+    pub iface_addr: Option<Ipv4Addr>,
+    /// The interface's IPv6 address in use (`IfaceV6Addr`).
+    pub iface_v6_addr: Option<Ipv6Addr>,
+    /// The IPv4 address other nodes reach us at: `--public-ip` or the
+    /// interface address (`ExtAddr`).
+    pub ext_addr: Option<Ipv4Addr>,
+    /// The IPv6 address other nodes reach us at (`ExtV6Addr`).
+    pub ext_v6_addr: Option<Ipv6Addr>,
+}
+
+/// Errors from a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend's options in `net-conf.json` are invalid.
+    #[error("invalid {backend} backend configuration: {reason}")]
+    Config {
+        /// The backend type.
+        backend: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backend refuses to run in this environment (e.g. host-gw behind
+    /// NAT); carries the full message.
+    #[error("{0}")]
+    Refused(String),
+    /// The subnet manager failed.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// Programming a kernel object (or talking to a helper process) failed;
+    /// `object` names it (`route 10.5.3.0/24 via 10.5.3.0 dev flannel.1`).
+    #[error("{object}: {source}")]
+    Datapath {
+        /// The object acted on.
+        object: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Several failures from one pass (resync keeps going past errors).
+    #[error("{} errors, first: {}", .0.len(), .0.first().map(|e| e.to_string()).unwrap_or_default())]
+    Many(Vec<BackendError>),
+    /// Our lease moved to a subnet the backend cannot switch to in place.
+    #[error("the lease moved from {old} to {new}; the {backend} backend must be restarted")]
+    LeaseMoved {
+        /// The backend type.
+        backend: &'static str,
+        /// The old lease key.
+        old: String,
+        /// The new lease key.
+        new: String,
+    },
+}
+
+impl BackendError {
+    /// A [`BackendError::Datapath`] for `object`.
+    pub fn datapath(
+        object: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> BackendError {
+        BackendError::Datapath {
+            object: object.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Folds the errors of one pass: `Ok` when empty, the error itself when
+    /// there is one, [`BackendError::Many`] otherwise.
+    pub fn collect(mut errors: Vec<BackendError>) -> Result<(), BackendError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(BackendError::Many(errors)),
+        }
+    }
+}
+
+/// A future the caller must poll for the network's lifetime (a userspace
+/// datapath loop); it ends with the network's shutdown or an error.
+pub type Driver = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;
+
+/// Everything a backend needs to register its network.
+pub struct RegisterContext<'a> {
+    /// The validated network configuration.
+    pub config: &'a NetConfig,
+    /// The external interface and public addresses.
+    pub ext_iface: &'a ExternalInterface,
+    /// The lease source.
+    pub manager: &'a dyn SubnetManager,
+    /// This node's IPv4 subnet from the previous run (`subnet.env`).
+    pub previous_subnet: Option<Ip4Net>,
+    /// This node's IPv6 subnet from the previous run.
+    pub previous_ipv6_subnet: Option<Ip6Net>,
+}
+
+impl RegisterContext<'_> {
+    /// Acquires the lease for `attrs`, passing on the previous subnets.
+    pub async fn acquire_lease(&self, attrs: LeaseAttrs) -> Result<Lease, ManagerError> {
+        let request = AcquireRequest {
+            attrs,
+            previous_subnet: self.previous_subnet,
+            previous_ipv6_subnet: self.previous_ipv6_subnet,
+        };
+        self.manager.acquire_lease(&request).await
+    }
+}
+
+/// A backend type: a factory for its [`Network`].
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// The `Backend.Type` string (`vxlan`, `host-gw`, ...).
+    fn backend_type(&self) -> &'static str;
+
+    /// Creates the datapath, acquires the lease and returns the network.
+    async fn register_network(
+        &self,
+        ctx: &RegisterContext<'_>,
+    ) -> Result<Box<dyn Network>, BackendError>;
+}
+
+/// One registered network: the lease plus the datapath that serves it.
+#[async_trait::async_trait]
+pub trait Network: Send {
+    /// The lease this network holds.
+    fn lease(&self) -> &Lease;
+
+    /// The MTU pods should use (written to `subnet.env`).
+    fn mtu(&self) -> u32;
+
+    /// Applies incremental lease changes (our own lease never appears).
+    async fn handle_events(&mut self, events: &[LeaseEvent]) -> Result<(), BackendError>;
+
+    /// Makes the datapath match exactly `leases`, the complete set of remote
+    /// leases: adds what is missing, removes what is stale.
+    async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError>;
+
+    /// How often the runner should call [`Network::resync`] besides after
+    /// snapshots; `None` for only after snapshots.
+    fn resync_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Hands out the loop the caller must poll, once. Default: none.
+    fn take_driver(&mut self) -> Option<Driver> {
+        None
+    }
+
+    /// Our lease was renewed or re-acquired. The default accepts a renewal of
+    /// the same subnets and refuses a move.
+    async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
+        let old = self.lease().key();
+        if old == lease.key() {
+            Ok(())
+        } else {
+            Err(BackendError::LeaseMoved {
+                backend: "this",
+                old: old.to_string(),
+                new: lease.key().to_string(),
+            })
+        }
+    }
+
+    /// Stops what cannot outlive the process; leaves the kernel datapath.
+    async fn shutdown(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
