@@ -1,0 +1,3 @@
+//! placeholder
+pub mod allocator;
+pub mod env_file;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Every test of the workspace, from a fresh Debian machine.
+#
+#   scripts/test.sh            # as root: installs missing Debian packages first
+#   FUZZ_SECONDS=60 scripts/test.sh
+#
+# Steps: Debian build/test dependencies (apt-get, root only), rustfmt check,
+# clippy with -D warnings, rustdoc with -D warnings, the whole test suite
+# (unit, property, integration tests against real etcd), then a short bounded
+# fuzz run of every parser.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# etcd-server: real etcd for the subnet manager tests; protobuf-compiler and
+# libprotobuf-dev: etcd-client's build; containernetworking-plugins: the real
+# bridge/host-local CNI plugins; iproute2/iptables/nftables: datapath tests;
+# curl: TLS checks against etcd.
+PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
+          iproute2 iptables nftables curl ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "==> installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "==> WARNING: missing Debian packages (run as root to install): ${missing[*]}" >&2
+    fi
+fi
+
+step() { echo; echo "==> $*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+step "cargo test"
+cargo test --workspace
+
+step "fuzz (${FUZZ_SECONDS:-20} s per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+
+echo
+echo "==> all tests passed"
