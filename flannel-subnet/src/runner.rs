@@ -1,0 +1,429 @@
+//! The network runner: the one loop that keeps a backend's datapath in step
+//! with the leases.
+//!
+//! [`Runner::run`] drives a registered [`Network`] until the shutdown future
+//! completes:
+//! - watches every lease (snapshot, then changes; the manager's stream
+//!   reconnects by itself) and passes changes through a [`LeaseWatcher`] to
+//!   [`Network::handle_events`], and full snapshots to [`Network::resync`];
+//! - calls [`Network::resync`] every [`Network::resync_interval`], and retries
+//!   a failed event batch through a resync one second later;
+//! - renews the lease `renew_margin` before it expires, retrying every minute
+//!   on failure;
+//! - re-acquires the lease when it disappears from the store (the same subnet
+//!   when it is still free) and tells the network;
+//! - polls the network's driver (a userspace datapath loop), if it has one;
+//! - logs datastore outages rate-limited: the first error at once, then one
+//!   summary line per `error_log_interval`.
+//!
+//! On shutdown it calls [`Network::shutdown`] and returns; it never removes
+//! devices, routes or leases. Nothing is spawned: the caller's task runs it.
+//! [`RunnerStatus`] exposes progress for health, readiness and metrics.
+
+use crate::manager::Backoff;
+use flannel_core::backend::{BackendError, Driver, Network};
+use flannel_core::event::{EventKind, LeaseWatchResult, LeaseWatcher};
+use flannel_core::key::SubnetKey;
+use flannel_core::lease::Lease;
+use flannel_core::manager::{AcquireRequest, LeaseStream, ManagerError, SubnetManager};
+use futures_util::StreamExt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// Tunables of the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerOptions {
+    /// Renew this long before the lease expires (`--subnet-lease-renew-margin`,
+    /// default 60 minutes).
+    pub renew_margin: Duration,
+    /// Delay before retrying a failed renewal (1 minute).
+    pub renew_retry: Duration,
+    /// Backoff for re-opening a watch and re-acquiring a lost lease.
+    pub backoff: Backoff,
+    /// At most one outage log line per this interval after the first.
+    pub error_log_interval: Duration,
+    /// Liveness heartbeat: the loop proves it is alive at least this often.
+    pub heartbeat: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            renew_margin: Duration::from_secs(60 * 60),
+            renew_retry: Duration::from_secs(60),
+            backoff: Backoff::default(),
+            error_log_interval: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors that end [`Runner::run`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The backend's driver loop failed, or the backend cannot follow a lease
+    /// change in place.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// A permanent subnet manager error (not an outage).
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+/// Live counters and state of a runner, shared with health and metrics.
+#[derive(Debug)]
+pub struct RunnerStatus {
+    lease: Mutex<Option<Lease>>,
+    in_sync: AtomicBool,
+    last_progress: Mutex<std::time::Instant>,
+    /// Lease events applied to the network.
+    pub events: AtomicU64,
+    /// Resyncs run.
+    pub resyncs: AtomicU64,
+    /// Watch errors (datastore outages, reconnects).
+    pub watch_errors: AtomicU64,
+    /// Backend errors while applying events or resyncing.
+    pub reconcile_errors: AtomicU64,
+    /// Successful renewals.
+    pub renewals: AtomicU64,
+    /// Re-acquisitions after our lease disappeared.
+    pub reacquisitions: AtomicU64,
+    /// Remote leases currently known.
+    pub known_leases: AtomicU64,
+    /// Duration of the last resync, in microseconds.
+    pub last_resync_micros: AtomicU64,
+}
+
+impl Default for RunnerStatus {
+    fn default() -> Self {
+        RunnerStatus {
+            lease: Mutex::new(None),
+            in_sync: AtomicBool::new(false),
+            last_progress: Mutex::new(std::time::Instant::now()),
+            events: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            watch_errors: AtomicU64::new(0),
+            reconcile_errors: AtomicU64::new(0),
+            renewals: AtomicU64::new(0),
+            reacquisitions: AtomicU64::new(0),
+            known_leases: AtomicU64::new(0),
+            last_resync_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RunnerStatus {
+    /// The lease currently held.
+    pub fn lease(&self) -> Option<Lease> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// True while the lease watch is connected and the datapath reflects it.
+    pub fn in_sync(&self) -> bool {
+        self.in_sync.load(Ordering::Relaxed)
+    }
+
+    /// Time since the loop last made progress (for liveness).
+    pub fn since_progress(&self) -> Duration {
+        self.last_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
+    fn touch(&self) {
+        *self.last_progress.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+    }
+
+    fn set_lease(&self, lease: &Lease) {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease.clone());
+    }
+}
+
+/// Logs the first error at once and then one summary per interval.
+struct RateLimitedLog {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn error(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.interval => self.suppressed += 1,
+            _ => {
+                if self.suppressed > 0 {
+                    warn!(
+                        "{what}: {e} ({} more errors since the last report)",
+                        self.suppressed
+                    );
+                } else {
+                    warn!("{what}: {e}");
+                }
+                self.last = Some(now);
+                self.suppressed = 0;
+            }
+        }
+    }
+
+    fn recovered(&mut self, what: &str) {
+        if self.last.is_some() {
+            info!("{what}: recovered");
+        }
+        self.last = None;
+        self.suppressed = 0;
+    }
+}
+
+/// When to renew `lease`: `margin` before its expiration, or never.
+fn renew_deadline(lease: &Lease, margin: Duration) -> Option<Instant> {
+    let exp = lease.expiration?;
+    let left = exp
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Some(Instant::now() + left.saturating_sub(margin))
+}
+
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => tokio::time::sleep(FAR).await,
+    }
+}
+
+async fn drive(driver: &mut Option<Driver>) -> Result<(), BackendError> {
+    match driver {
+        Some(d) => d.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drives one network (see the module docs).
+pub struct Runner {
+    manager: Arc<dyn SubnetManager>,
+    options: RunnerOptions,
+    status: Arc<RunnerStatus>,
+}
+
+impl Runner {
+    /// A runner over `manager` with default options.
+    pub fn new(manager: Arc<dyn SubnetManager>) -> Runner {
+        Runner {
+            manager,
+            options: RunnerOptions::default(),
+            status: Arc::new(RunnerStatus::default()),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(self, options: RunnerOptions) -> Runner {
+        Runner { options, ..self }
+    }
+
+    /// The shared status (clone the `Arc` before calling [`Runner::run`]).
+    pub fn status(&self) -> &Arc<RunnerStatus> {
+        &self.status
+    }
+
+    async fn open_watch(
+        &self,
+        log: &mut RateLimitedLog,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Option<LeaseStream> {
+        let mut delay = self.options.backoff.min;
+        loop {
+            match self.manager.watch_leases().await {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    self.status.watch_errors.fetch_add(1, Ordering::Relaxed);
+                    log.error("cannot watch leases", &e);
+                }
+            }
+            tokio::select! {
+                _ = &mut *shutdown => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = self.options.backoff.next(delay);
+        }
+    }
+
+    async fn resync(&self, network: &mut dyn Network, watcher: &LeaseWatcher) -> bool {
+        let started = std::time::Instant::now();
+        let leases = watcher.leases();
+        let result = network.resync(&leases).await;
+        self.status.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .last_resync_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Err(e) = result {
+            self.status.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+            error!("resync of {} leases failed: {e}", leases.len());
+            return false;
+        }
+        true
+    }
+
+    /// Runs until `shutdown` completes (see the module docs).
+    pub async fn run(
+        &self,
+        network: &mut dyn Network,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RunnerError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let opts = self.options;
+        let mut lease = network.lease().clone();
+        self.status.set_lease(&lease);
+        let mut own: SubnetKey = lease.key();
+        let mut watcher = LeaseWatcher::new(Some(own));
+        let mut log = RateLimitedLog {
+            interval: opts.error_log_interval,
+            last: None,
+            suppressed: 0,
+        };
+        let mut driver = network.take_driver();
+        let mut renew_at = renew_deadline(&lease, opts.renew_margin);
+        let resync_every = network.resync_interval();
+        let mut resync_at = resync_every.map(|d| Instant::now() + d);
+        let mut retry_resync_at: Option<Instant> = None;
+        let mut reacquire_at: Option<Instant> = None;
+        let mut reacquire_delay = opts.backoff.min;
+        let mut heartbeat = tokio::time::interval(opts.heartbeat);
+
+        let Some(mut stream) = self.open_watch(&mut log, &mut shutdown).await else {
+            return self.finish(network).await;
+        };
+        loop {
+            self.status.touch();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = heartbeat.tick() => {}
+                result = drive(&mut driver) => {
+                    driver = None;
+                    result?;
+                    info!("backend driver finished");
+                }
+                item = stream.next() => match item {
+                    Some(Ok(result)) => {
+                        log.recovered("lease watch");
+                        self.status.in_sync.store(true, Ordering::Relaxed);
+                        let lost = match &result {
+                            LeaseWatchResult::Snapshot(ls) => !ls.iter().any(|l| l.key() == own),
+                            LeaseWatchResult::Events(es) => {
+                                for e in es.iter().filter(|e| e.lease.key() == own && e.kind == EventKind::Added) {
+                                    // Our own write (renewal) or someone else's: follow the expiry.
+                                    if e.lease.attrs == lease.attrs && e.lease.expiration.is_some() {
+                                        lease.expiration = e.lease.expiration;
+                                        renew_at = renew_deadline(&lease, opts.renew_margin);
+                                    }
+                                }
+                                es.iter().any(|e| e.lease.key() == own && e.kind == EventKind::Removed)
+                            }
+                        };
+                        let batch = watcher.apply(result);
+                        self.status.known_leases.store(watcher.len() as u64, Ordering::Relaxed);
+                        if !batch.events.is_empty() {
+                            self.status.events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                            if let Err(e) = network.handle_events(&batch.events).await {
+                                self.status.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                                error!("applying {} lease events failed (resync in 1 s): {e}", batch.events.len());
+                                retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
+                            }
+                        }
+                        if batch.resync && !self.resync(network, &watcher).await {
+                            retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
+                        }
+                        if lost && reacquire_at.is_none() {
+                            warn!("our lease {own} is gone from the {} store; re-acquiring it", self.manager.name());
+                            reacquire_at = Some(Instant::now());
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.status.in_sync.store(false, Ordering::Relaxed);
+                        self.status.watch_errors.fetch_add(1, Ordering::Relaxed);
+                        log.error("lease watch", &e);
+                    }
+                    None => {
+                        self.status.in_sync.store(false, Ordering::Relaxed);
+                        log.error("lease watch", &"stream ended; reopening");
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(opts.backoff.min) => {}
+                        }
+                        match self.open_watch(&mut log, &mut shutdown).await {
+                            Some(s) => stream = s,
+                            None => break,
+                        }
+                    }
+                },
+                _ = sleep_until_opt(resync_at) => {
+                    resync_at = resync_every.map(|d| Instant::now() + d);
+                    if !self.resync(network, &watcher).await {
+                        retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+                _ = sleep_until_opt(retry_resync_at) => {
+                    retry_resync_at = None;
+                    if !self.resync(network, &watcher).await {
+                        retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+                _ = sleep_until_opt(renew_at) => {
+                    match self.manager.renew_lease(&lease).await {
+                        Ok(renewed) => {
+                            self.status.renewals.fetch_add(1, Ordering::Relaxed);
+                            info!("Lease renewed, new expiration: {:?}", renewed.expiration);
+                            lease = renewed;
+                            self.status.set_lease(&lease);
+                            network.lease_changed(&lease).await?;
+                            renew_at = renew_deadline(&lease, opts.renew_margin);
+                        }
+                        Err(e) => {
+                            error!("Error renewing lease (trying again in {:?}): {e}", opts.renew_retry);
+                            renew_at = Some(Instant::now() + opts.renew_retry);
+                        }
+                    }
+                }
+                _ = sleep_until_opt(reacquire_at) => {
+                    let request = AcquireRequest {
+                        attrs: lease.attrs.clone(),
+                        previous_subnet: lease.subnet,
+                        previous_ipv6_subnet: lease.ipv6_subnet,
+                    };
+                    match self.manager.acquire_lease(&request).await {
+                        Ok(new) => {
+                            self.status.reacquisitions.fetch_add(1, Ordering::Relaxed);
+                            info!("re-acquired lease {}", new.key());
+                            reacquire_at = None;
+                            reacquire_delay = opts.backoff.min;
+                            own = new.key();
+                            watcher.set_own(Some(own));
+                            lease = new;
+                            self.status.set_lease(&lease);
+                            network.lease_changed(&lease).await?;
+                            renew_at = renew_deadline(&lease, opts.renew_margin);
+                        }
+                        Err(e) => {
+                            log.error("re-acquiring our lease", &e);
+                            reacquire_at = Some(Instant::now() + reacquire_delay);
+                            reacquire_delay = opts.backoff.next(reacquire_delay);
+                        }
+                    }
+                }
+            }
+        }
+        self.finish(network).await
+    }
+
+    async fn finish(&self, network: &mut dyn Network) -> Result<(), RunnerError> {
+        self.status.in_sync.store(false, Ordering::Relaxed);
+        network.shutdown().await?;
+        Ok(())
+    }
+}
