@@ -1,4 +1,51 @@
-//! placeholder
+//! # flannel-subnet
+//!
+//! The lease side of [flannel](https://github.com/flannel-io/flannel): where a
+//! node's subnet comes from and how it learns about everyone else's.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`allocator`] | free-subnet search (sweep, no quadratic walk), Go's random choice among the first 100, compatibility rules |
+//! | [`manager`] | [`manager::LeaseManager`]: the [`SubnetManager`](flannel_core::SubnetManager) for any store — acquisition policy, renewal, reconnecting watch |
+//! | [`store`] | the [`store::LeaseStore`] contract a datastore implements |
+//! | [`local`] | the embedded file-backed store (feature `local`, default) |
+//! | `etcd` | the wire-compatible etcd v3 store (feature `etcd`) |
+//! | [`runner`] | [`runner::Runner`]: the loop that drives a backend's network |
+//! | [`env_file`] | reading and atomically writing `subnet.env` |
+//!
+//! ## Features
+//!
+//! - `local` (default): the embedded single-machine store. A cluster uses etcd
+//!   or the Kubernetes API instead.
+//! - `etcd`: the etcd v3 store (pulls in `etcd-client`; building it needs
+//!   `protoc`).
+//!
+//! Nothing in this crate spawns tasks or installs signal handlers: watches are
+//! streams the caller polls and [`runner::Runner::run`] takes its shutdown
+//! future from the caller.
+//!
+//! ## Example: acquire a lease and follow the others
+//!
+//! ```no_run
+//! use flannel_core::{AcquireRequest, LeaseAttrs, SubnetManager};
+//! use flannel_subnet::{local::LocalStore, manager::LeaseManager};
+//! use futures_util::StreamExt;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = LocalStore::open("/run/flannel/local-store")?;
+//! store.set_config(r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}"#)?;
+//! let manager = LeaseManager::new(store);
+//! let lease = manager
+//!     .acquire_lease(&AcquireRequest::new(LeaseAttrs::new([192, 168, 1, 10].into())))
+//!     .await?;
+//! println!("our subnet: {}", lease.key());
+//! let mut watch = manager.watch_leases().await?;
+//! while let Some(result) = watch.next().await {
+//!     println!("{:?}", result?);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 pub mod allocator;
 pub mod env_file;
 #[cfg(feature = "etcd")]
