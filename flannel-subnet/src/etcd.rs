@@ -1,0 +1,777 @@
+//! The etcd v3 lease store, wire-compatible with Go flannel.
+//!
+//! [`EtcdStore`] implements [`LeaseStore`] on an etcd cluster (v3 API, etcd
+//! 3.4 or later) with exactly the layout Go flanneld uses, so Go and Rust
+//! nodes can share one datastore:
+//!
+//! | key | value |
+//! |---|---|
+//! | `<prefix>/config` | the network configuration JSON |
+//! | `<prefix>/subnets/<subnet key>` | the [`LeaseAttrs`] JSON, e.g. `{"PublicIP":"1.2.3.4","PublicIPv6":null}` |
+//!
+//! The prefix defaults to `/coreos.com/network`; keys are joined like Go's
+//! `path.Join`, so `/my/net/` and `/my/net` name the same keys.
+//!
+//! A lease key carries an etcd lease (TTL) granted when it is written; a key
+//! written without one (a reservation) never expires and is left that way:
+//! [`LeaseStore::put`] with `ttl: None` writes no etcd lease. Creation is one
+//! transaction `If(Version(key) == 0) Then(Put(key, value, lease))`; renewal
+//! grants a fresh lease and overwrites the key, as Go does (no KeepAlive).
+//!
+//! Every request is bounded by [`EtcdConfig::timeout`]; an unreachable
+//! cluster gives [`ManagerError::Unavailable`] instead of hanging, and the
+//! same store works again once etcd is back (the underlying gRPC channel
+//! reconnects by itself). Watches are plain streams: nothing is spawned.
+//!
+//! Enabled by the crate feature `etcd`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), flannel_core::manager::ManagerError> {
+//! use flannel_subnet::etcd::{EtcdConfig, EtcdStore};
+//! use flannel_subnet::store::LeaseStore;
+//! let store = EtcdStore::connect(EtcdConfig {
+//!     endpoints: vec!["http://127.0.0.1:2379".into()],
+//!     ..EtcdConfig::default()
+//! })
+//! .await?;
+//! store.put_config(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).await?;
+//! let listing = store.list().await?;
+//! println!("{} leases at revision {}", listing.leases.len(), listing.revision);
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::store::{LeaseStore, Listing, StoreBatch, StoreEvent, StoreWatch};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
+};
+use flannel_core::key::SubnetKey;
+use flannel_core::lease::{Lease, LeaseAttrs};
+use flannel_core::manager::{LEASE_TTL, ManagerError};
+use futures_util::StreamExt;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tracing::{debug, warn};
+
+/// Go flannel's default `--etcd-prefix`.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+/// Go flannel's default `--etcd-endpoints`.
+pub const DEFAULT_ENDPOINTS: [&str; 2] = ["http://127.0.0.1:4001", "http://127.0.0.1:2379"];
+
+/// The default bound on each etcd request and connection attempt.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The error Go flannel reports when `<prefix>/config` is missing.
+pub const CONFIG_NOT_FOUND: &str =
+    "flannel config not found in etcd store. Did you create your config using etcdv3 API?";
+
+/// How to reach etcd (the `--etcd-*` flags).
+///
+/// `Debug` never prints the password.
+#[derive(Clone)]
+pub struct EtcdConfig {
+    /// Client URLs (`http://host:2379`, `https://host:2379`); a URL without a
+    /// scheme gets `https://` when TLS is configured, `http://` otherwise.
+    pub endpoints: Vec<String>,
+    /// The key prefix (`--etcd-prefix`), default `/coreos.com/network`; a
+    /// trailing `/` is ignored. Joined like Go's `path.Join`, so an empty
+    /// prefix gives the relative keys `config` and `subnets/...`, as in Go.
+    pub prefix: String,
+    /// etcd v3 auth user (`--etcd-username`).
+    pub username: Option<String>,
+    /// etcd v3 auth password (`--etcd-password`); never logged.
+    pub password: Option<String>,
+    /// Client private key, PEM (`--etcd-keyfile`).
+    pub key_file: Option<PathBuf>,
+    /// Client certificate, PEM (`--etcd-certfile`).
+    pub cert_file: Option<PathBuf>,
+    /// CA bundle to verify the servers with, PEM (`--etcd-cafile`). Only used
+    /// when both `key_file` and `cert_file` are set. Without it no server
+    /// certificate is trusted (this build carries no system root store).
+    pub ca_file: Option<PathBuf>,
+    /// Bound on connecting and on each request, default 5 s. Also the HTTP/2
+    /// keep-alive timeout that detects a dead connection under a watch.
+    pub timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: DEFAULT_ENDPOINTS.iter().map(|s| s.to_string()).collect(),
+            prefix: DEFAULT_PREFIX.to_string(),
+            username: None,
+            password: None,
+            key_file: None,
+            cert_file: None,
+            ca_file: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("key_file", &self.key_file)
+            .field("cert_file", &self.cert_file)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Joins key path elements like Go's `path.Join`: empty elements are
+/// skipped, and the result is cleaned (no repeated or trailing `/`, `.` and
+/// `..` resolved).
+fn join_key(elems: &[&str]) -> String {
+    let joined = elems
+        .iter()
+        .filter(|e| !e.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/");
+    if joined.is_empty() {
+        return String::new();
+    }
+    let rooted = joined.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|p| *p != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    let body = parts.join("/");
+    match (rooted, body.is_empty()) {
+        (true, _) => format!("/{body}"),
+        (false, true) => ".".to_string(),
+        (false, false) => body,
+    }
+}
+
+/// Appends the text of `e` and its sources to `out`, skipping parts already
+/// there and tonic's bare "transport error" wrapper, so a message reads
+/// "tcp connect error: Connection refused" rather than repeating itself.
+fn push_chain(out: &mut String, e: &(dyn std::error::Error + 'static)) {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        let text = e.to_string();
+        let wrapper = text == "transport error" && e.source().is_some();
+        if !wrapper && !text.is_empty() && !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cur = e.source();
+    }
+}
+
+/// The text of `e` and its sources (see [`push_chain`]).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    push_chain(&mut out, e);
+    out
+}
+
+/// gRPC status codes (tonic's `Code` discriminants).
+mod code {
+    pub const CANCELLED: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const DEADLINE_EXCEEDED: i32 = 4;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const ABORTED: i32 = 10;
+    pub const UNAVAILABLE: i32 = 14;
+}
+
+/// True when an error text says a TLS handshake or certificate check failed.
+fn is_tls_failure(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "unknownissuer", "x509"]
+        .iter()
+        .any(|w| t.contains(w))
+}
+
+/// What error messages and time bounds need to know about the connection.
+#[derive(Clone)]
+struct Ctx {
+    /// The endpoints, comma-separated, for error messages.
+    endpoints: String,
+    timeout: Duration,
+    tls: bool,
+}
+
+impl Ctx {
+    /// Maps an etcd client error: transport trouble is `Unavailable`
+    /// (retryable); refused credentials, a failed TLS handshake and invalid
+    /// arguments are `Other` (permanent).
+    fn error(&self, what: &str, e: etcd_client::Error) -> ManagerError {
+        let (retryable, text) = match &e {
+            etcd_client::Error::GRpcStatus(s) => {
+                let mut text = format!("{:?}: {}", s.code(), s.message());
+                if let Some(src) = std::error::Error::source(s) {
+                    push_chain(&mut text, src);
+                }
+                let retryable = matches!(
+                    i32::from(s.code()),
+                    code::CANCELLED
+                        | code::UNKNOWN
+                        | code::DEADLINE_EXCEEDED
+                        | code::RESOURCE_EXHAUSTED
+                        | code::ABORTED
+                        | code::UNAVAILABLE
+                );
+                (retryable, text)
+            }
+            etcd_client::Error::TransportError(t) => (true, chain(t)),
+            etcd_client::Error::IoError(io) => (true, chain(io)),
+            etcd_client::Error::WatchError(w) => (true, format!("watch error: {w}")),
+            other => (false, other.to_string()),
+        };
+        let msg = format!("etcd {what} on {}: {text}", self.endpoints);
+        if self.tls && is_tls_failure(&text) {
+            ManagerError::Other(format!(
+                "{msg} (TLS failure: check the etcd CA, certificate and key files)"
+            ))
+        } else if retryable {
+            ManagerError::Unavailable(msg)
+        } else {
+            ManagerError::Other(msg)
+        }
+    }
+
+    /// Runs one etcd request with the configured time bound.
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, ManagerError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(what, e)),
+            Err(_) => Err(ManagerError::Unavailable(format!(
+                "etcd {what} on {}: no answer within {:?}",
+                self.endpoints, self.timeout
+            ))),
+        }
+    }
+}
+
+/// A [`LeaseStore`] on etcd (v3 API), laid out exactly as Go flannel's.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    ctx: Ctx,
+    /// `<prefix>/config`.
+    config_key: String,
+    /// `<prefix>/subnets/` (with the trailing slash: the listing range).
+    subnets_dir: String,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.ctx.endpoints)
+            .field("config_key", &self.config_key)
+            .field("subnets_dir", &self.subnets_dir)
+            .field("timeout", &self.ctx.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, ManagerError> {
+    std::fs::read(path)
+        .map_err(|e| ManagerError::Other(format!("reading etcd {what} {}: {e}", path.display())))
+}
+
+impl EtcdStore {
+    /// Connects to etcd and checks that it answers (one read of the config
+    /// key), so a wrong endpoint, CA, certificate or password is reported
+    /// here, naming the endpoints and the cause.
+    ///
+    /// TLS is used only when both `key_file` and `cert_file` are set (then
+    /// `ca_file` as the trusted roots); otherwise the connection is plain,
+    /// with a warning, as in Go flannel.
+    ///
+    /// Errors: [`ManagerError::Unavailable`] when etcd cannot be reached
+    /// (retryable), [`ManagerError::Other`] for bad TLS material, a TLS
+    /// handshake failure or refused credentials.
+    pub async fn connect(cfg: EtcdConfig) -> Result<EtcdStore, ManagerError> {
+        let endpoints: Vec<String> = cfg
+            .endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ManagerError::Other("no etcd endpoints given".into()));
+        }
+        let timeout = cfg.timeout.max(Duration::from_millis(100));
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(10), timeout)
+            .with_require_leader(true);
+        let tls = match (&cfg.key_file, &cfg.cert_file) {
+            (Some(key), Some(cert)) => {
+                let identity =
+                    Identity::from_pem(read_pem("certificate", cert)?, read_pem("key", key)?);
+                let mut tls = TlsOptions::new().identity(identity);
+                if let Some(ca) = &cfg.ca_file {
+                    tls = tls.ca_certificate(Certificate::from_pem(read_pem("CA", ca)?));
+                }
+                opts = opts.with_tls(tls);
+                true
+            }
+            _ => {
+                warn!("no certificate provided: connecting to etcd with http. This is insecure");
+                false
+            }
+        };
+        if let Some(user) = &cfg.username {
+            let password = cfg.password.clone().unwrap_or_default();
+            // Simple auth tokens expire (5 min by default): re-authenticate.
+            opts = opts
+                .with_user(user.clone(), password)
+                .with_auto_token_refresh(true);
+        }
+        let ctx = Ctx {
+            endpoints: endpoints.join(","),
+            timeout,
+            tls,
+        };
+        // Without credentials this only builds the (lazy) channel; with them
+        // it authenticates, which is the first round trip.
+        let client = ctx
+            .call("connect", Client::connect(endpoints, Some(opts)))
+            .await?;
+        let prefix = cfg.prefix.as_str();
+        let store = EtcdStore {
+            client,
+            ctx,
+            config_key: join_key(&[prefix, "config"]),
+            subnets_dir: join_key(&[prefix, "subnets"]) + "/",
+        };
+        // The balanced channel connects lazily: probe now so that a wrong
+        // endpoint or CA shows up here rather than at the first lease call.
+        let mut kv = store.client.kv_client();
+        let probe = GetOptions::new().with_count_only();
+        let probed = store
+            .ctx
+            .call("connect", kv.get(store.config_key.clone(), Some(probe)))
+            .await;
+        match probed {
+            // A server refusing our client certificate just closes the
+            // connection; say what to look at.
+            Err(ManagerError::Unavailable(m)) if store.ctx.tls => {
+                return Err(ManagerError::Unavailable(format!(
+                    "{m} (TLS is on: if etcd is up, check that it accepts the client certificate)"
+                )));
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        debug!(endpoints = %store.ctx.endpoints, "connected to etcd");
+        Ok(store)
+    }
+
+    /// The underlying etcd client (cheap to clone), for tools and tests.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The configuration key, `<prefix>/config`.
+    pub fn config_key(&self) -> &str {
+        &self.config_key
+    }
+
+    /// The etcd key of a lease, `<prefix>/subnets/<key>`.
+    pub fn lease_key(&self, key: &SubnetKey) -> String {
+        format!("{}{key}", self.subnets_dir)
+    }
+
+    /// Writes the network configuration JSON to `<prefix>/config` (as
+    /// `etcdctl put` would; the text is stored unchanged).
+    pub async fn put_config(&self, json: &str) -> Result<(), ManagerError> {
+        let mut kv = self.client.kv_client();
+        self.ctx
+            .call("put config", kv.put(self.config_key.clone(), json, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Decodes one lease kv; `None` (with a warning) for a key or value that
+    /// is not flannel's. `expiration` is computed by the caller.
+    fn decode(&self, kv: &KeyValue, expiration: Option<SystemTime>) -> Option<Lease> {
+        let key = self.decode_key(kv)?;
+        let value = match kv.value_str() {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(
+                    "ignoring bad subnet node {}: value is not UTF-8: {e}",
+                    key_text(kv)
+                );
+                return None;
+            }
+        };
+        let attrs = match LeaseAttrs::from_json(value) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("ignoring bad subnet node {}: {e}", key_text(kv));
+                return None;
+            }
+        };
+        let mut lease = Lease::new(key, attrs);
+        lease.expiration = expiration;
+        lease.asof = kv.mod_revision();
+        Some(lease)
+    }
+
+    fn decode_key(&self, kv: &KeyValue) -> Option<SubnetKey> {
+        let text = key_text(kv);
+        let Some(name) = text.strip_prefix(&self.subnets_dir) else {
+            warn!(
+                "ignoring bad subnet key {text}: not under {}",
+                self.subnets_dir
+            );
+            return None;
+        };
+        if name.contains('/') {
+            warn!("ignoring bad subnet key {text}: nested path");
+            return None;
+        }
+        match name.parse::<SubnetKey>() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                warn!("ignoring bad subnet key {text}: {e}");
+                None
+            }
+        }
+    }
+
+    /// The expiration of a listed or watched kv without a TimeToLive RPC:
+    /// `None` for a key without an etcd lease (a reservation), otherwise
+    /// now + [`LEASE_TTL`]. Flannel always grants 24 h leases, so this is an
+    /// upper bound; asking etcd for every key's TTL (as Go does) costs one RPC
+    /// per lease on every listing, which does not scale to big clusters, and
+    /// nothing downstream needs more than "expires / never expires" for
+    /// remote leases. [`LeaseStore::get`] asks etcd for the exact TTL.
+    fn approx_expiration(kv: &KeyValue) -> Option<SystemTime> {
+        (kv.lease() != 0).then(|| SystemTime::now() + LEASE_TTL)
+    }
+
+    /// Grants an etcd lease of `ttl` (whole seconds, at least 1).
+    async fn grant(&self, ttl: Duration) -> Result<i64, ManagerError> {
+        let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+        let mut lc = self.client.lease_client();
+        let resp = self.ctx.call("lease grant", lc.grant(secs, None)).await?;
+        Ok(resp.id())
+    }
+
+    fn written(key: &SubnetKey, attrs: &LeaseAttrs, ttl: Option<Duration>, revision: i64) -> Lease {
+        let mut lease = Lease::new(*key, attrs.clone());
+        lease.expiration = ttl.map(|t| SystemTime::now() + t);
+        lease.asof = revision;
+        lease
+    }
+}
+
+fn key_text(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for EtcdStore {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn get_config(&self) -> Result<String, ManagerError> {
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .ctx
+            .call("get config", kv.get(self.config_key.clone(), None))
+            .await?;
+        let Some(item) = resp.kvs().first() else {
+            return Err(ManagerError::ConfigNotFound(CONFIG_NOT_FOUND.into()));
+        };
+        item.value_str().map(str::to_string).map_err(|e| {
+            ManagerError::Other(format!("etcd key {} is not UTF-8: {e}", self.config_key))
+        })
+    }
+
+    async fn list(&self) -> Result<Listing, ManagerError> {
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .ctx
+            .call(
+                "list leases",
+                kv.get(
+                    self.subnets_dir.clone(),
+                    Some(GetOptions::new().with_prefix()),
+                ),
+            )
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let leases = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.decode(kv, Self::approx_expiration(kv)))
+            .collect();
+        Ok(Listing { leases, revision })
+    }
+
+    async fn get(&self, key: &SubnetKey) -> Result<Option<Lease>, ManagerError> {
+        let name = self.lease_key(key);
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .ctx
+            .call("get lease", kv.get(name.clone(), None))
+            .await?;
+        let Some(item) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let expiration = match item.lease() {
+            0 => None,
+            id => {
+                let mut lc = self.client.lease_client();
+                let ttl = self
+                    .ctx
+                    .call("lease time-to-live", lc.time_to_live(id, None))
+                    .await?
+                    .ttl();
+                // -1: the lease ran out between the two reads.
+                Some(SystemTime::now() + Duration::from_secs(ttl.max(0).unsigned_abs()))
+            }
+        };
+        let Some(lease) = self.decode(item, expiration) else {
+            return Err(ManagerError::Other(format!(
+                "etcd key {name} does not hold a valid lease"
+            )));
+        };
+        Ok(Some(lease))
+    }
+
+    async fn create(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Lease, ManagerError> {
+        let name = self.lease_key(key);
+        let id = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::version(name.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                name,
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let mut kv = self.client.kv_client();
+        let result = self.ctx.call("create lease", kv.txn(txn)).await;
+        let revision = match result {
+            Ok(resp) if resp.succeeded() => resp.header().map_or(0, |h| h.revision()),
+            other => {
+                let mut lc = self.client.lease_client();
+                if let Err(e) = self.ctx.call("lease revoke", lc.revoke(id)).await {
+                    debug!("could not revoke unused etcd lease {id:x}: {e}");
+                }
+                return Err(match other {
+                    Err(e) => e,
+                    Ok(_) => ManagerError::AlreadyExists(*key),
+                });
+            }
+        };
+        Ok(Self::written(key, attrs, Some(ttl), revision))
+    }
+
+    async fn put(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<Lease, ManagerError> {
+        let options = match ttl {
+            Some(t) => Some(PutOptions::new().with_lease(self.grant(t).await?)),
+            None => None,
+        };
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .ctx
+            .call(
+                "put lease",
+                kv.put(self.lease_key(key), attrs.to_json(), options),
+            )
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(Self::written(key, attrs, ttl, revision))
+    }
+
+    async fn delete(&self, key: &SubnetKey) -> Result<(), ManagerError> {
+        let mut kv = self.client.kv_client();
+        self.ctx
+            .call("delete lease", kv.delete(self.lease_key(key), None))
+            .await?;
+        Ok(())
+    }
+
+    async fn watch(&self, revision: i64) -> Result<StoreWatch, ManagerError> {
+        let mut wc = self.client.watch_client();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision.saturating_add(1));
+        let stream = self
+            .ctx
+            .call("watch", wc.watch(self.subnets_dir.clone(), Some(options)))
+            .await?;
+        let state = WatchState {
+            store: self.clone(),
+            stream: Some(stream),
+        };
+        Ok(Box::pin(futures_util::stream::unfold(
+            state,
+            |mut st| async move {
+                let item = st.next_batch().await?;
+                if item.is_err() {
+                    st.stream = None;
+                }
+                Some((item, st))
+            },
+        )))
+    }
+}
+
+/// The state of one watch stream. The etcd `WatchStream` holds both the
+/// request side (dropping it would end the watch) and the responses.
+struct WatchState {
+    store: EtcdStore,
+    /// `None` once the stream has ended or failed.
+    stream: Option<WatchStream>,
+}
+
+impl WatchState {
+    /// The next batch; `None` when the stream is over.
+    async fn next_batch(&mut self) -> Option<Result<StoreBatch, ManagerError>> {
+        loop {
+            let stream = self.stream.as_mut()?;
+            let resp = match stream.next().await {
+                Some(Ok(resp)) => resp,
+                Some(Err(e)) => return Some(Err(self.store.ctx.error("watch", e))),
+                None => {
+                    return Some(Err(ManagerError::Unavailable(format!(
+                        "etcd watch on {}: stream closed by the server",
+                        self.store.ctx.endpoints
+                    ))));
+                }
+            };
+            if resp.canceled() {
+                return Some(Err(self.canceled(&resp)));
+            }
+            // "created" and progress responses carry no events.
+            if resp.events().is_empty() {
+                continue;
+            }
+            return Some(Ok(self.batch(&resp)));
+        }
+    }
+
+    fn canceled(&self, resp: &WatchResponse) -> ManagerError {
+        if resp.compact_revision() > 0 {
+            return ManagerError::Compacted(resp.compact_revision());
+        }
+        let reason = resp.cancel_reason();
+        let msg = format!(
+            "etcd watch on {} canceled by the server: {}",
+            self.store.ctx.endpoints,
+            if reason.is_empty() {
+                "no reason given"
+            } else {
+                reason
+            }
+        );
+        if reason.contains("permission denied") {
+            ManagerError::Other(msg)
+        } else {
+            ManagerError::Unavailable(msg)
+        }
+    }
+
+    /// One response as one batch; malformed entries are skipped with a
+    /// warning, so a batch may be empty (it still advances the revision).
+    fn batch(&self, resp: &WatchResponse) -> StoreBatch {
+        let events = resp
+            .events()
+            .iter()
+            .filter_map(|ev| {
+                let kv = ev.kv()?;
+                match ev.event_type() {
+                    EventType::Put => self
+                        .store
+                        .decode(kv, EtcdStore::approx_expiration(kv))
+                        .map(StoreEvent::Put),
+                    EventType::Delete => self.store.decode_key(kv).map(StoreEvent::Delete),
+                }
+            })
+            .collect();
+        StoreBatch {
+            events,
+            revision: resp.header().map_or(0, |h| h.revision()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_join_like_go_path_join() {
+        assert_eq!(
+            join_key(&["/coreos.com/network", "config"]),
+            "/coreos.com/network/config"
+        );
+        assert_eq!(join_key(&["/my/net/", "subnets"]), "/my/net/subnets");
+        assert_eq!(join_key(&["//my//net//", "config"]), "/my/net/config");
+        assert_eq!(join_key(&["/a/./b/../c", "config"]), "/a/c/config");
+        assert_eq!(join_key(&["/", "config"]), "/config");
+        assert_eq!(join_key(&["", "config"]), "config");
+        assert_eq!(join_key(&["net/", "config"]), "net/config");
+        assert_eq!(join_key(&["/../x", "config"]), "/x/config");
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let cfg = EtcdConfig {
+            username: Some("root".into()),
+            password: Some("s3cret-pw".into()),
+            ..EtcdConfig::default()
+        };
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        assert!(text.contains("***") && text.contains("root"), "{text}");
+        assert_eq!(cfg.prefix, "/coreos.com/network");
+    }
+
+    #[test]
+    fn tls_failures_are_recognised() {
+        assert!(is_tls_failure("invalid peer certificate: UnknownIssuer"));
+        assert!(!is_tls_failure("Connection refused (os error 111)"));
+    }
+}
