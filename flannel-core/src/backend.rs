@@ -221,3 +221,45 @@ pub trait Network: Send {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_texts_and_collect() {
+        let e = BackendError::Config {
+            backend: "vxlan",
+            reason: "VNI must be a number".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid vxlan backend configuration: VNI must be a number"
+        );
+        let d = BackendError::datapath(
+            "route 10.5.3.0/24 via 10.5.3.0 dev flannel.1",
+            "File exists (os error 17)",
+        );
+        assert_eq!(
+            d.to_string(),
+            "route 10.5.3.0/24 via 10.5.3.0 dev flannel.1: File exists (os error 17)"
+        );
+        assert!(BackendError::collect(vec![]).is_ok());
+        let one = BackendError::collect(vec![BackendError::Refused("no".into())]).unwrap_err();
+        assert_eq!(one.to_string(), "no");
+        let many = BackendError::collect(vec![
+            BackendError::Refused("a".into()),
+            BackendError::Refused("b".into()),
+        ]);
+        assert_eq!(many.unwrap_err().to_string(), "2 errors, first: a");
+        let moved = BackendError::LeaseMoved {
+            backend: "vxlan",
+            old: "10.1.0.0-24".into(),
+            new: "10.1.1.0-24".into(),
+        };
+        assert_eq!(
+            moved.to_string(),
+            "the lease moved from 10.1.0.0-24 to 10.1.1.0-24; the vxlan backend must be restarted"
+        );
+    }
+}

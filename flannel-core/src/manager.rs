@@ -161,3 +161,62 @@ pub trait SubnetManager: Send + Sync {
         (None, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_texts_and_transience() {
+        let key: SubnetKey = "10.5.72.0-24".parse().unwrap();
+        let cases: Vec<(ManagerError, &str, bool)> = vec![
+            (ManagerError::OutOfSubnets, "out of subnets", false),
+            (
+                ManagerError::AlreadyExists(key),
+                "subnet already exists: 10.5.72.0-24",
+                true,
+            ),
+            (
+                ManagerError::LeaseNotFound(key),
+                "lease 10.5.72.0-24 not found",
+                false,
+            ),
+            (
+                ManagerError::Unavailable("connection refused".into()),
+                "datastore unavailable: connection refused",
+                true,
+            ),
+            (
+                ManagerError::Compacted(42),
+                "watch history compacted (at revision 42); re-listing",
+                true,
+            ),
+            (
+                ManagerError::Unsupported {
+                    operation: "renew_lease",
+                    manager: "kube",
+                },
+                "renew_lease is not supported by the kube subnet manager",
+                false,
+            ),
+            (
+                ManagerError::Config(ConfigError::NoStack),
+                "none defined stack",
+                false,
+            ),
+            (
+                ManagerError::ConfigNotFound("no config".into()),
+                "no config",
+                false,
+            ),
+            (ManagerError::Other("x".into()), "x", false),
+        ];
+        for (e, text, transient) in cases {
+            assert_eq!(e.to_string(), text);
+            assert_eq!(e.is_transient(), transient, "{text}");
+        }
+        assert_eq!(LEASE_TTL.as_secs(), 86_400);
+        let r = AcquireRequest::new(LeaseAttrs::default());
+        assert_eq!((r.previous_subnet, r.previous_ipv6_subnet), (None, None));
+    }
+}

@@ -62,6 +62,28 @@ impl Default for RunnerOptions {
     }
 }
 
+/// `--subnet-lease-renew-margin` outside 1–1439 minutes (Go's text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Invalid subnet-lease-renew-margin option, out of acceptable range")]
+pub struct RenewMarginError;
+
+impl RunnerOptions {
+    /// Sets the renewal margin from `--subnet-lease-renew-margin` minutes,
+    /// which must satisfy `0 < m < 1440` as in Go.
+    pub fn with_renew_margin_minutes(
+        self,
+        minutes: i64,
+    ) -> Result<RunnerOptions, RenewMarginError> {
+        if !(1..1440).contains(&minutes) {
+            return Err(RenewMarginError);
+        }
+        Ok(RunnerOptions {
+            renew_margin: Duration::from_secs(minutes as u64 * 60),
+            ..self
+        })
+    }
+}
+
 /// Errors that end [`Runner::run`].
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -195,6 +217,54 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => tokio::time::sleep(FAR).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renew_margin_range() {
+        let o = RunnerOptions::default();
+        assert_eq!(o.renew_margin, Duration::from_secs(3600));
+        assert_eq!(
+            o.with_renew_margin_minutes(1).unwrap().renew_margin,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            o.with_renew_margin_minutes(1439).unwrap().renew_margin,
+            Duration::from_secs(1439 * 60)
+        );
+        for bad in [0, -1, 1440, i64::MAX] {
+            assert_eq!(
+                o.with_renew_margin_minutes(bad).unwrap_err().to_string(),
+                "Invalid subnet-lease-renew-margin option, out of acceptable range"
+            );
+        }
+    }
+
+    #[test]
+    fn renew_deadline_is_margin_before_expiry() {
+        let key = "10.1.2.0-24".parse().unwrap();
+        let mut lease = Lease::new(key, flannel_core::lease::LeaseAttrs::default());
+        assert_eq!(
+            renew_deadline(&lease, Duration::from_secs(60)),
+            None,
+            "reservations are not renewed"
+        );
+        lease.expiration = Some(SystemTime::now() + Duration::from_secs(7200));
+        let at = renew_deadline(&lease, Duration::from_secs(3600)).unwrap();
+        let d = at.duration_since(Instant::now());
+        assert!(
+            d > Duration::from_secs(3590) && d <= Duration::from_secs(3600),
+            "{d:?}"
+        );
+        lease.expiration = Some(SystemTime::now() - Duration::from_secs(10));
+        assert!(
+            renew_deadline(&lease, Duration::from_secs(3600)).unwrap() <= Instant::now(),
+            "overdue: now"
+        );
     }
 }
 
