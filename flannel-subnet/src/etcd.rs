@@ -56,6 +56,24 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
+/// Keys per page when listing leases: about 2 MiB of responses, half of a gRPC
+/// client's default message limit.
+pub const LIST_PAGE: i64 = 10_000;
+
+/// The first key after every key starting with `prefix` (etcd's range end
+/// for a prefix).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
 /// Go flannel's default `--etcd-prefix`.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 
@@ -518,23 +536,40 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn list(&self) -> Result<Listing, ManagerError> {
+        // One range read would be simplest (Go does that), but gRPC clients
+        // refuse messages over 4 MiB by default and 60,000 leases are ~11 MiB.
+        // Read pages at the revision of the first page, so the listing is
+        // still one consistent snapshot.
         let mut kv = self.client.kv_client();
-        let resp = self
-            .ctx
-            .call(
-                "list leases",
-                kv.get(
-                    self.subnets_dir.clone(),
-                    Some(GetOptions::new().with_prefix()),
-                ),
-            )
-            .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let leases = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.decode(kv, Self::approx_expiration(kv)))
-            .collect();
+        let end = prefix_end(self.subnets_dir.as_bytes());
+        let mut from = self.subnets_dir.clone().into_bytes();
+        let mut revision = 0;
+        let mut leases = Vec::new();
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE)
+                .with_revision(revision);
+            let resp = self
+                .ctx
+                .call("list leases", kv.get(from.clone(), Some(opts)))
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            leases.extend(
+                resp.kvs()
+                    .iter()
+                    .filter_map(|kv| self.decode(kv, Self::approx_expiration(kv))),
+            );
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
         Ok(Listing { leases, revision })
     }
 
@@ -739,6 +774,14 @@ impl WatchState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prefix_end_increments() {
+        assert_eq!(super::prefix_end(b"/a/subnets/"), b"/a/subnets0".to_vec());
+        assert_eq!(super::prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(super::prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(super::prefix_end(b""), vec![0]);
+    }
+
     use super::*;
 
     #[test]

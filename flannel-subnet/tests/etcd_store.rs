@@ -601,3 +601,58 @@ async fn frozen_etcd_is_detected_by_requests_and_watch() {
         }
     }
 }
+
+/// More leases than one gRPC message can carry (4 MiB by default): the
+/// listing pages at one revision and returns every lease.
+#[tokio::test]
+async fn list_pages_past_the_grpc_message_limit() {
+    let srv = etcd();
+    let store = EtcdStore::connect(cfg(&srv)).await.unwrap();
+    let mut client = raw(&store);
+    let n = 25_000u32;
+    let data = flannel_core::gojson::RawJson::new(r#"{"VNI":1,"VtepMAC":"0a:00:00:00:00:01","Pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#).unwrap();
+    let mut i = 0;
+    while i < n {
+        let ops: Vec<etcd_client::TxnOp> = (i..(i + 128).min(n))
+            .map(|j| {
+                let k = format!(
+                    "/coreos.com/network/subnets/10.{}.{}.0-24",
+                    (j + 1) >> 8,
+                    (j + 1) & 0xff
+                );
+                let attrs = LeaseAttrs {
+                    backend_type: "vxlan".into(),
+                    backend_data: Some(data.clone()),
+                    ..LeaseAttrs::new(Ipv4Addr::from(0xc0a8_0000 + j))
+                };
+                etcd_client::TxnOp::put(k, attrs.to_json(), None)
+            })
+            .collect();
+        client
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+        i += 128;
+    }
+    let listing = store.list().await.unwrap();
+    assert_eq!(listing.leases.len(), n as usize);
+    let keys: std::collections::HashSet<_> = listing.leases.iter().map(|l| l.key()).collect();
+    assert_eq!(keys.len(), n as usize, "no duplicates across pages");
+    assert_eq!(listing.leases[0].attrs.backend_data.as_ref(), Some(&data));
+    // The listing revision is the snapshot's: a watch from it sees the next write.
+    let mut w = store.watch(listing.revision).await.unwrap();
+    store
+        .put(
+            &key("10.250.0.0-24"),
+            &LeaseAttrs::new(Ipv4Addr::new(1, 1, 1, 1)),
+            None,
+        )
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(&batch.events[..], [StoreEvent::Put(l)] if l.key() == key("10.250.0.0-24")));
+}
