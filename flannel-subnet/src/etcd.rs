@@ -542,33 +542,47 @@ impl LeaseStore for EtcdStore {
         // still one consistent snapshot.
         let mut kv = self.client.kv_client();
         let end = prefix_end(self.subnets_dir.as_bytes());
-        let mut from = self.subnets_dir.clone().into_bytes();
-        let mut revision = 0;
-        let mut leases = Vec::new();
-        loop {
+        let page = |from: Vec<u8>, revision: i64| {
             let opts = GetOptions::new()
                 .with_range(end.clone())
                 .with_limit(LIST_PAGE)
                 .with_revision(revision);
-            let resp = self
-                .ctx
-                .call("list leases", kv.get(from.clone(), Some(opts)))
-                .await?;
-            if revision == 0 {
-                revision = resp.header().map_or(0, |h| h.revision());
-            }
-            leases.extend(
-                resp.kvs()
-                    .iter()
-                    .filter_map(|kv| self.decode(kv, Self::approx_expiration(kv))),
-            );
-            match resp.kvs().last() {
+            (from, opts)
+        };
+        let (from, opts) = page(self.subnets_dir.clone().into_bytes(), 0);
+        let mut resp = self
+            .ctx
+            .call("list leases", kv.get(from, Some(opts)))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut leases = Vec::new();
+        loop {
+            let next = match resp.kvs().last() {
                 Some(last) if resp.more() => {
-                    from = last.key().to_vec();
+                    let mut from = last.key().to_vec();
                     from.push(0);
+                    Some(page(from, revision))
                 }
-                _ => break,
-            }
+                _ => None,
+            };
+            let decode = |resp: &etcd_client::GetResponse, leases: &mut Vec<Lease>| {
+                leases.extend(
+                    resp.kvs()
+                        .iter()
+                        .filter_map(|kv| self.decode(kv, Self::approx_expiration(kv))),
+                );
+            };
+            let Some((from, opts)) = next else {
+                decode(&resp, &mut leases);
+                break;
+            };
+            // Ask for the next page first, then decode this one while etcd
+            // answers: `join!` polls the request (sending it) before decoding.
+            let (next_resp, ()) = tokio::join!(
+                self.ctx.call("list leases", kv.get(from, Some(opts))),
+                async { decode(&resp, &mut leases) }
+            );
+            resp = next_resp?;
         }
         Ok(Listing { leases, revision })
     }

@@ -220,54 +220,6 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renew_margin_range() {
-        let o = RunnerOptions::default();
-        assert_eq!(o.renew_margin, Duration::from_secs(3600));
-        assert_eq!(
-            o.with_renew_margin_minutes(1).unwrap().renew_margin,
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            o.with_renew_margin_minutes(1439).unwrap().renew_margin,
-            Duration::from_secs(1439 * 60)
-        );
-        for bad in [0, -1, 1440, i64::MAX] {
-            assert_eq!(
-                o.with_renew_margin_minutes(bad).unwrap_err().to_string(),
-                "Invalid subnet-lease-renew-margin option, out of acceptable range"
-            );
-        }
-    }
-
-    #[test]
-    fn renew_deadline_is_margin_before_expiry() {
-        let key = "10.1.2.0-24".parse().unwrap();
-        let mut lease = Lease::new(key, flannel_core::lease::LeaseAttrs::default());
-        assert_eq!(
-            renew_deadline(&lease, Duration::from_secs(60)),
-            None,
-            "reservations are not renewed"
-        );
-        lease.expiration = Some(SystemTime::now() + Duration::from_secs(7200));
-        let at = renew_deadline(&lease, Duration::from_secs(3600)).unwrap();
-        let d = at.duration_since(Instant::now());
-        assert!(
-            d > Duration::from_secs(3590) && d <= Duration::from_secs(3600),
-            "{d:?}"
-        );
-        lease.expiration = Some(SystemTime::now() - Duration::from_secs(10));
-        assert!(
-            renew_deadline(&lease, Duration::from_secs(3600)).unwrap() <= Instant::now(),
-            "overdue: now"
-        );
-    }
-}
-
 async fn drive(driver: &mut Option<Driver>) -> Result<(), BackendError> {
     match driver {
         Some(d) => d.await,
@@ -495,5 +447,53 @@ impl Runner {
         self.status.in_sync.store(false, Ordering::Relaxed);
         network.shutdown().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renew_margin_range() {
+        let o = RunnerOptions::default();
+        assert_eq!(o.renew_margin, Duration::from_secs(3600));
+        assert_eq!(
+            o.with_renew_margin_minutes(1).unwrap().renew_margin,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            o.with_renew_margin_minutes(1439).unwrap().renew_margin,
+            Duration::from_secs(1439 * 60)
+        );
+        for bad in [0, -1, 1440, i64::MAX] {
+            assert_eq!(
+                o.with_renew_margin_minutes(bad).unwrap_err().to_string(),
+                "Invalid subnet-lease-renew-margin option, out of acceptable range"
+            );
+        }
+    }
+
+    #[test]
+    fn renew_deadline_is_margin_before_expiry() {
+        let key = "10.1.2.0-24".parse().unwrap();
+        let mut lease = Lease::new(key, flannel_core::lease::LeaseAttrs::default());
+        assert_eq!(
+            renew_deadline(&lease, Duration::from_secs(60)),
+            None,
+            "reservations are not renewed"
+        );
+        lease.expiration = Some(SystemTime::now() + Duration::from_secs(7200));
+        let at = renew_deadline(&lease, Duration::from_secs(3600)).unwrap();
+        let d = at.duration_since(Instant::now());
+        assert!(
+            d > Duration::from_secs(3590) && d <= Duration::from_secs(3600),
+            "{d:?}"
+        );
+        lease.expiration = Some(SystemTime::now() - Duration::from_secs(10));
+        assert!(
+            renew_deadline(&lease, Duration::from_secs(3600)).unwrap() <= Instant::now(),
+            "overdue: now"
+        );
     }
 }
