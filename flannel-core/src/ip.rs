@@ -8,8 +8,9 @@
 //! leave the address space return `None`.
 //!
 //! Text forms follow Go: `net.ParseCIDR` rules for parsing (prefix digits may carry
-//! leading zeros, no zones) and `net.IP.String()` for printing (IPv4-mapped IPv6
-//! addresses print dotted).
+//! leading zeros, no zones) and `net.IP.String()` for printing, except that
+//! IPv4-mapped IPv6 addresses print in hex (`::ffff:102:304`) rather than Go's
+//! dotted form, which cannot be read back as IPv6.
 //!
 //! ```
 //! use flannel_core::ip::Ip4Net;
@@ -144,10 +145,16 @@ impl Family for Ipv6Addr {
         }
     }
     fn fmt_go(self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Go prints IPv4-mapped IPv6 addresses in dotted form; everything else
-        // follows RFC 5952 exactly as Rust's Display does.
+        // RFC 5952 as Go and Rust print it, except IPv4-mapped addresses:
+        // Go prints those dotted (`1.2.3.4`) and Rust as `::ffff:1.2.3.4`,
+        // and neither form survives being read back as an IPv6 subnet key
+        // (whose grammar is hex digits and colons) or, for Go's, as an IPv6
+        // CIDR. Hex-only text (`::ffff:102:304`) reads back everywhere.
         match self.to_ipv4_mapped() {
-            Some(v4) => fmt::Display::fmt(&v4, f),
+            Some(_) => {
+                let s = self.segments();
+                write!(f, "::ffff:{:x}:{:x}", s[6], s[7])
+            }
             None => fmt::Display::fmt(&self, f),
         }
     }
@@ -503,7 +510,8 @@ mod tests {
         assert_eq!(v4("10.3.1.5/08").to_string(), "10.0.0.0/8");
         assert_eq!(v6("fd00:12:13:ff::1/56").to_string(), "fd00:12:13::/56");
         assert_eq!(v6("2001:0DB8::/32").to_string(), "2001:db8::/32");
-        assert_eq!(v6("::ffff:10.0.0.0/104").to_string(), "10.0.0.0/104");
+        assert_eq!(v6("::ffff:10.0.0.0/104").to_string(), "::ffff:a00:0/104");
+        assert_eq!(v6("::ffff:a00:0/104"), v6("::ffff:10.0.0.0/104"));
         assert_eq!(v4("1.2.3.4/32").to_string(), "1.2.3.4/32");
         assert_eq!(v4("1.2.3.4/0").to_string(), "0.0.0.0/0");
     }

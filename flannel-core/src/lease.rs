@@ -406,6 +406,17 @@ mod tests {
     }
 
     #[test]
+    fn mapped_public_ipv6_round_trips() {
+        // Found by fuzzing: printed in hex, read back as the same address.
+        let a = attrs(r#"{"PublicIPv6":"::ffff:1.2.3.4"}"#);
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"::ffff:102:304"}"#
+        );
+        assert_eq!(attrs(&a.to_json()), a);
+    }
+
+    #[test]
     fn decoding_errors() {
         let err = |j: &str| LeaseAttrs::from_json(j).unwrap_err().to_string();
         assert_eq!(

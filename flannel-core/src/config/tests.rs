@@ -212,6 +212,27 @@ fn ipv6_defaults_and_errors() {
 }
 
 #[test]
+fn mapped_ipv6_values_round_trip() {
+    // Found by fuzzing: these printed in Go's dotted form and did not re-parse.
+    for json in [
+        r#"{"Network":"10.0.0.0/8","IPv6SubnetMin":"::ffff:1.2.3.4"}"#,
+        r#"{"Network":"10.0.0.0/8","IPv6Network":"::ffff:0:0/96"}"#,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"::/80","IPv6SubnetLen":112}"#,
+    ] {
+        let c = checked(json);
+        let again = checked(&c.to_json());
+        assert_eq!(again.to_json(), c.to_json(), "{json}");
+    }
+    let c = checked(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"::/80","IPv6SubnetLen":112}"#,
+    );
+    assert_eq!(
+        c.ipv6_subnet_max.map(|a| GoIp(a).to_string()).as_deref(),
+        Some("::ffff:ffff:0")
+    );
+}
+
+#[test]
 fn dual_stack_as_in_the_docs() {
     let c = checked(
         r#"{"EnableIPv6": true, "Network": "10.42.0.0/16", "IPv6Network": "2001:cafe:42:0::/56",
