@@ -37,13 +37,13 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "cargo doc (-D warnings)"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
 
 step "cargo test"
-cargo test --workspace
+cargo test --workspace --all-features
 
 step "fuzz (${FUZZ_SECONDS:-20} s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

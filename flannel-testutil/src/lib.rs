@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod etcd;
+pub mod netns;
 
 /// Errors returned by the test utilities.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,60 @@
+//! # flannel-backend-vxlan
+//!
+//! flannel's default backend: an in-kernel VXLAN overlay.
+//!
+//! At registration the backend creates (or reuses, when compatible) the
+//! devices `flannel.<VNI>` for IPv4 and `flannel-v6.<VNI>` for IPv6 —
+//! `local` = the public IP, `dev` = the external interface, nolearning by
+//! default, MTU = underlay (or the `MTU` option) − 50 — publishes
+//! `{"VNI":<vni>,"VtepMAC":"<mac>"}` as its lease data, and puts
+//! `<subnet>.0/32` (`/128`) on the device. For every remote vxlan lease it
+//! programs a permanent neighbour, a permanent FDB entry and an onlink route,
+//! exactly as Go flannel does, so Go and Rust nodes reach each other; with
+//! `DirectRouting` a peer on the same L2 segment gets a plain route instead.
+//!
+//! The kernel state is computed by a pure function ([`state::peer_for`]) and
+//! applied through `flannel-netlink`. [`VxlanNetwork::resync`] reconciles the
+//! full state: it recreates a deleted device, restores deleted entries and
+//! removes entries of leases that no longer exist. Shutdown leaves everything
+//! in place (zero-downtime restart; the device and its MAC are reused).
+//!
+//! Options (`Backend` object, keys case-insensitive): `VNI` (1), `Port`
+//! (0 = kernel default 8472), `MTU`, `GBP`, `Learning`, `DirectRouting`.
+
+pub mod network;
+pub mod options;
+pub mod state;
+
+pub use network::VxlanNetwork;
+pub use options::{TYPE, VxlanLeaseData, VxlanOptions};
+
+use flannel_core::backend::{Backend, BackendError, Network, RegisterContext};
+use flannel_netlink::Netlink;
+
+/// The vxlan backend: a factory for [`VxlanNetwork`].
+pub struct VxlanBackend {
+    netlink: Netlink,
+}
+
+impl VxlanBackend {
+    /// A backend programming the kernel through `netlink`.
+    pub fn new(netlink: Netlink) -> VxlanBackend {
+        VxlanBackend { netlink }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for VxlanBackend {
+    fn backend_type(&self) -> &'static str {
+        TYPE
+    }
+
+    async fn register_network(
+        &self,
+        ctx: &RegisterContext<'_>,
+    ) -> Result<Box<dyn Network>, BackendError> {
+        Ok(Box::new(
+            VxlanNetwork::register(self.netlink.clone(), ctx).await?,
+        ))
+    }
+}

@@ -1,0 +1,220 @@
+//! The daemon: Go flanneld's startup order, then the runner until a signal.
+
+use crate::backends;
+use crate::cli::{Options, SubnetManagerKind};
+use crate::health::{self, Health};
+use crate::iface;
+use anyhow::{Context, Result, anyhow, bail};
+use flannel_core::backend::{BackendError, RegisterContext};
+use flannel_core::config::NetConfig;
+use flannel_core::manager::{ManagerError, SubnetManager};
+use flannel_core::subnet_env::SubnetEnv;
+use flannel_netlink::Netlink;
+use flannel_subnet::env_file::{read_subnet_env, write_subnet_env};
+use flannel_subnet::manager::LeaseManager;
+use flannel_subnet::runner::{Runner, RunnerOptions};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// A future that completes on SIGTERM or SIGINT (for the whole process).
+fn signals() -> Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!("received {name}, shutting down (datapath and lease are kept)");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn manager(opts: &Options) -> Result<Arc<dyn SubnetManager>> {
+    Ok(match opts.subnet_manager {
+        SubnetManagerKind::Local => {
+            info!(
+                "using the embedded local store in {}",
+                opts.local_store_dir.display()
+            );
+            let store = flannel_subnet::local::LocalStore::open(&opts.local_store_dir)?;
+            Arc::new(LeaseManager::new(store))
+        }
+        SubnetManagerKind::Etcd => {
+            let cfg = flannel_subnet::etcd::EtcdConfig {
+                endpoints: opts
+                    .etcd_endpoint_list()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+                prefix: opts.etcd_prefix.clone(),
+                username: Some(opts.etcd_username.clone()).filter(|s| !s.is_empty()),
+                password: Some(opts.etcd_password.clone()).filter(|s| !s.is_empty()),
+                key_file: Some(opts.etcd_keyfile.clone())
+                    .filter(|s| !s.is_empty())
+                    .map(Into::into),
+                cert_file: Some(opts.etcd_certfile.clone())
+                    .filter(|s| !s.is_empty())
+                    .map(Into::into),
+                ca_file: Some(opts.etcd_cafile.clone())
+                    .filter(|s| !s.is_empty())
+                    .map(Into::into),
+                ..flannel_subnet::etcd::EtcdConfig::default()
+            };
+            // Connecting retries like the config fetch: etcd may start later.
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match flannel_subnet::etcd::EtcdStore::connect(cfg.clone()).await {
+                    Ok(store) => break Arc::new(LeaseManager::new(store)),
+                    Err(e) if e.is_transient() => {
+                        warn!("cannot reach etcd yet: {e}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => return Err(anyhow!(e).context("Failed to create SubnetManager")),
+                }
+            }
+        }
+        SubnetManagerKind::Kube => bail!(
+            "Failed to create SubnetManager: the Kubernetes subnet manager is not available in this build yet; \
+             use --subnet-manager=etcd or the local store"
+        ),
+    })
+}
+
+/// Fetches the network config, retrying every second (Go prints `timed out`).
+async fn fetch_config(
+    sm: &dyn SubnetManager,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<NetConfig>> {
+    loop {
+        match sm.get_network_config().await {
+            Ok(cfg) => return Ok(Some(cfg)),
+            Err(e @ ManagerError::Config(_)) => {
+                return Err(anyhow!(e).context("invalid network config"));
+            }
+            Err(e) => error!("Couldn't fetch network config: {e}"),
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Runs flanneld until SIGTERM/SIGINT.
+pub async fn run(opts: Options) -> Result<()> {
+    let stop = signals()?;
+    let runner_options = RunnerOptions::default()
+        .with_renew_margin_minutes(opts.subnet_lease_renew_margin)
+        .map_err(|e| anyhow!(e))?;
+    let sm = manager(&opts).await?;
+
+    let health = Arc::new(Health::default());
+    if opts.healthz_port > 0 {
+        let addr = format!("{}:{}", opts.healthz_ip, opts.healthz_port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("healthz: cannot listen on {addr}"))?;
+        tokio::spawn(health::serve(listener, health.clone()));
+    }
+
+    let Some(config) = fetch_config(sm.as_ref(), &stop).await? else {
+        info!("Exiting cleanly...");
+        return Ok(());
+    };
+    let stack = config.stack()?;
+    let (netlink, conn) = Netlink::connect().context("cannot open a netlink socket")?;
+    tokio::spawn(conn);
+    let stored = sm.stored_public_ips().await;
+    let ext = iface::select(&netlink, &opts, stack, stored).await?;
+    let backend = backends::create(&config.backend_type_lower(), netlink.clone())
+        .context("Error fetching backend")?;
+
+    let previous = read_subnet_env(&opts.subnet_file)?;
+    let (prev4, w4) = previous.previous_subnet();
+    let (prev6, w6) = previous.previous_ipv6_subnet();
+    for w in w4
+        .iter()
+        .chain(&w6)
+        .filter(|_| previous.entries().next().is_some())
+    {
+        warn!("{w} in file: {}", opts.subnet_file.display());
+    }
+    let ctx = RegisterContext {
+        config: &config,
+        ext_iface: &ext,
+        manager: sm.as_ref(),
+        previous_subnet: prev4,
+        previous_ipv6_subnet: prev6,
+    };
+    let mut network = loop {
+        match backend.register_network(&ctx).await {
+            Ok(n) => break n,
+            Err(BackendError::Manager(e)) if e.is_transient() => {
+                warn!("Error registering network (retrying in 1 s): {e}");
+                let mut s = stop.clone();
+                tokio::select! {
+                    _ = s.wait_for(|v| *v) => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(anyhow!(e).context("Error registering network")),
+        }
+    };
+    info!("lease acquired: {}", network.lease().key());
+
+    let env = SubnetEnv::new(&config, network.lease(), network.mtu(), opts.ip_masq);
+    match write_subnet_env(&opts.subnet_file, &env) {
+        Ok(()) => {
+            info!("Wrote subnet file to {}", opts.subnet_file.display());
+            health.ready.store(true, Ordering::Relaxed);
+            info!("flannel is ready");
+        }
+        Err(e) => warn!("Failed to write subnet file: {e}"),
+    }
+    sd_notify_ready();
+    if let Err(e) = sm.complete_lease(network.lease()).await {
+        warn!("completing the lease: {e}");
+    }
+
+    let runner = Runner::new(sm.clone()).with_options(runner_options);
+    *health.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(runner.status().clone());
+    runner.run(network.as_mut(), stopped(stop)).await?;
+    info!("Exiting cleanly...");
+    Ok(())
+}
+
+/// Tells systemd we are ready (`Type=notify`), when it asked.
+fn sd_notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return warn!("sd_notify: {e}"),
+    };
+    let path = path.to_string_lossy().into_owned();
+    // Abstract sockets are written with a leading '@'.
+    let result = if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = result {
+        warn!("sd_notify: {e}");
+    }
+}

@@ -1,0 +1,82 @@
+//! `flanneld`: the flannel daemon, or `flanneld config check FILE`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use flannel_core::config::NetConfig;
+use flanneld::cli::{CliError, Command, Options};
+
+fn main() -> ExitCode {
+    match Command::parse_env_and_args() {
+        Ok(Command::Run(opts)) => run(*opts),
+        Ok(Command::ConfigCheck(path)) => match config_check(&path) {
+            Ok(json) => print(&format!("{json}\n"), ExitCode::SUCCESS),
+            Err(msg) => {
+                eprintln!("error: {}: {msg}", path.display());
+                ExitCode::from(1)
+            }
+        },
+        Err(e @ (CliError::Help(_) | CliError::Version(_))) => {
+            print(&e.to_string(), ExitCode::from(e.exit_code()))
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `-v` maps to tracing levels (Go's klog verbosity); `RUST_LOG` overrides.
+fn init_logging(v: i32) {
+    let level = match v {
+        i32::MIN..=0 => "info",
+        1..=3 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(opts: Options) -> ExitCode {
+    init_logging(opts.v);
+    tracing::info!("CLI flags config: {opts:?}");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(flanneld::daemon::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe (`flanneld --help | head`).
+fn print(text: &str, code: ExitCode) -> ExitCode {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    code
+}
+
+/// Reads, validates and re-serialises a `net-conf.json`.
+fn config_check(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut cfg = NetConfig::parse(&text).map_err(|e| e.to_string())?;
+    cfg.check().map_err(|e| e.to_string())?;
+    cfg.stack().map_err(|e| e.to_string())?;
+    Ok(cfg.to_json())
+}
