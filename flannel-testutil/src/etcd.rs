@@ -13,13 +13,18 @@
 //! without unwinding (SIGKILL, `abort`), the pipe closes and the watchdog
 //! kills etcd, so no etcd processes are left behind.
 //!
+//! [`EtcdServer::start_in_netns`] runs etcd inside a named network namespace
+//! (`ip netns exec <ns> etcd ...`) with its client URL on an address of that
+//! namespace, so processes in other namespaces of a test topology (flanneld
+//! on test "hosts") reach it over the topology's links.
+//!
 //! The etcd binary is `/usr/bin/etcd` unless the environment variable
 //! [`ETCD_BIN_ENV`] names another one.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +32,7 @@ use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::sched::{CloneFlags, setns};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -89,6 +95,11 @@ pub struct EtcdServer {
     data_dir: PathBuf,
     log_path: PathBuf,
     tls: Option<TlsFiles>,
+    /// The network namespace etcd runs in (`None`: ours).
+    netns: Option<String>,
+    /// The address of the client listener (127.0.0.1 unless started with
+    /// `start_in_netns`).
+    listen_ip: IpAddr,
     last_startup: Duration,
     // Declared last so it is removed after the process fields are dropped;
     // `Drop` kills etcd before any field is dropped anyway.
@@ -120,11 +131,45 @@ impl EtcdServer {
         Self::start_inner(true)
     }
 
+    /// Starts a plain-HTTP etcd inside the named network namespace `ns`
+    /// (`ip netns exec <ns> etcd ...`, as created by `ip netns add` or
+    /// [`NetNs`](crate::netns::NetNs)) whose client URL listens on
+    /// `listen_ip`, an address configured in that namespace, so that
+    /// processes in other namespaces of a test topology reach it as
+    /// [`endpoint`](Self::endpoint) (`http://<listen_ip>:<port>`, IPv6 in
+    /// brackets). The peer and metrics listeners stay on the namespace's
+    /// `127.0.0.1`.
+    ///
+    /// Readiness (`GET /health` on the client address) is probed from a
+    /// thread that joined the namespace, so the caller may live in any
+    /// namespace; so must every client: [`client_addr`](Self::client_addr)
+    /// is only reachable from namespaces routed to `listen_ip`.
+    /// [`stop`](Self::stop), [`restart`](Self::restart) and `Drop` work as for
+    /// [`start`](Self::start); [`netns`](Self::netns) and
+    /// [`listen_ip`](Self::listen_ip) report the placement.
+    ///
+    /// Errors: [`TestUtilError::EtcdMissing`] without the etcd binary;
+    /// [`TestUtilError::Exited`] (with etcd's log tail) when the namespace
+    /// does not exist or `listen_ip` is not an address in it.
+    pub fn start_in_netns(ns: &str, listen_ip: IpAddr) -> Result<EtcdServer, TestUtilError> {
+        Self::start_with(false, Some(ns), listen_ip)
+    }
+
     fn start_inner(tls: bool) -> Result<EtcdServer, TestUtilError> {
+        Self::start_with(tls, None, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    fn start_with(
+        tls: bool,
+        netns: Option<&str>,
+        listen_ip: IpAddr,
+    ) -> Result<EtcdServer, TestUtilError> {
         let etcd_bin = etcd_binary()?;
         let mut attempt = 1;
         loop {
             let mut server = Self::prepare(etcd_bin.clone(), tls)?;
+            server.netns = netns.map(str::to_owned);
+            server.listen_ip = listen_ip;
             match server.spawn().and_then(|()| server.wait_ready()) {
                 Ok(()) => return Ok(server),
                 Err(TestUtilError::Exited { log_tail, .. })
@@ -171,16 +216,19 @@ impl EtcdServer {
             data_dir: dir.path().join("data"),
             log_path: dir.path().join("etcd.log"),
             tls,
+            netns: None,
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             last_startup: Duration::ZERO,
             dir,
         })
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123` or
-    /// `https://127.0.0.1:40123`.
+    /// `https://127.0.0.1:40123` (for [`start_in_netns`](Self::start_in_netns):
+    /// `http://<listen_ip>:<port>`).
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://{}", self.client_addr())
     }
 
     /// All client URLs (a single one: this is a one-member cluster).
@@ -188,22 +236,37 @@ impl EtcdServer {
         vec![self.endpoint()]
     }
 
-    /// The client port on 127.0.0.1.
+    /// The client port (on 127.0.0.1, or on the `listen_ip` of
+    /// [`start_in_netns`](Self::start_in_netns)).
     pub fn client_port(&self) -> u16 {
         self.client_port
     }
 
-    /// The client address, `127.0.0.1:<client_port>`.
+    /// The client address, `127.0.0.1:<client_port>` (for
+    /// [`start_in_netns`](Self::start_in_netns): `<listen_ip>:<client_port>`).
     pub fn client_addr(&self) -> SocketAddr {
-        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.client_port))
+        SocketAddr::new(self.listen_ip, self.client_port)
     }
 
-    /// The peer port on 127.0.0.1.
+    /// The network namespace etcd runs in: `Some(ns)` for
+    /// [`start_in_netns`](Self::start_in_netns), `None` otherwise (the
+    /// caller's namespace).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    /// The address the client listener is bound to (127.0.0.1 unless
+    /// started with [`start_in_netns`](Self::start_in_netns)).
+    pub fn listen_ip(&self) -> IpAddr {
+        self.listen_ip
+    }
+
+    /// The peer port on 127.0.0.1 (of etcd's namespace).
     pub fn peer_port(&self) -> u16 {
         self.peer_port
     }
 
-    /// The plain-HTTP metrics/health port on 127.0.0.1 (serves `/health` and
+    /// The plain-HTTP metrics/health port on 127.0.0.1 of etcd's namespace (serves `/health` and
     /// `/metrics` without TLS, also for TLS servers).
     pub fn metrics_port(&self) -> u16 {
         self.metrics_port
@@ -359,7 +422,7 @@ impl EtcdServer {
 
     fn args(&self) -> Vec<String> {
         let client_scheme = if self.tls.is_some() { "https" } else { "http" };
-        let client = format!("{client_scheme}://127.0.0.1:{}", self.client_port);
+        let client = format!("{client_scheme}://{}", self.client_addr());
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut args = vec![
             format!("--name={}", self.name),
@@ -409,7 +472,16 @@ impl EtcdServer {
         let log_err = log
             .try_clone()
             .map_err(|e| TestUtilError::io("duplicating the etcd log file handle", e))?;
-        let child = Command::new(&self.etcd_bin)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                // `ip netns exec` execs etcd, so the child's pid is etcd's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str()]).arg(&self.etcd_bin);
+                c
+            }
+            None => Command::new(&self.etcd_bin),
+        };
+        let child = command
             .args(self.args())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -435,10 +507,10 @@ impl EtcdServer {
 
     fn wait_ready(&mut self) -> Result<(), TestUtilError> {
         let started = Instant::now();
-        let port = if self.tls.is_some() {
-            self.metrics_port
+        let addr = if self.tls.is_some() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.metrics_port)
         } else {
-            self.client_port
+            self.client_addr()
         };
         loop {
             let exited = match &mut self.child {
@@ -455,7 +527,11 @@ impl EtcdServer {
                     log_tail: self.log_tail(ERROR_LOG_LINES),
                 });
             }
-            let reason = match probe_health(port) {
+            let probe = match &self.netns {
+                Some(ns) => probe_health_in_netns(ns, addr),
+                None => probe_health(addr),
+            };
+            let reason = match probe {
                 Ok(()) => {
                     self.last_startup = started.elapsed();
                     return Ok(());
@@ -547,9 +623,25 @@ fn spawn_watchdog(pid: u32) -> Result<Child, TestUtilError> {
         .map_err(|e| TestUtilError::io("spawning the etcd watchdog (/bin/sh)", e))
 }
 
+/// [`probe_health`] from a short-lived thread that joined the network
+/// namespace `ns` (`/run/netns/<ns>`).
+fn probe_health_in_netns(ns: &str, addr: SocketAddr) -> Result<(), String> {
+    let path = format!("{}/{ns}", crate::netns::NETNS_RUN_DIR);
+    let file = File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns({path}, CLONE_NEWNET): {e}"))?;
+                probe_health(addr)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the probe thread panicked".to_owned()))
+    })
+}
+
 /// One plain-HTTP `GET /health` probe; `Ok` if etcd reports healthy.
-fn probe_health(port: u16) -> Result<(), String> {
-    let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+fn probe_health(addr: SocketAddr) -> Result<(), String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let timeout = Some(Duration::from_secs(2));
@@ -557,8 +649,7 @@ fn probe_health(port: u16) -> Result<(), String> {
         .set_read_timeout(timeout)
         .and_then(|()| stream.set_write_timeout(timeout))
         .map_err(|e| format!("socket timeouts: {e}"))?;
-    let request =
-        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("write to {addr}: {e}"))?;

@@ -462,3 +462,78 @@ fn early_exit_reports_the_log_tail() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn start_in_netns_serves_other_namespaces_over_a_link() {
+    use flannel_testutil::netns::{NetNs, veth_pair};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let server_ns = NetNs::new("etcd-srv").expect("create the server namespace");
+    let client_ns = NetNs::new("etcd-cli").expect("create the client namespace");
+    veth_pair(&server_ns, "eth0", &client_ns, "eth0").expect("veth pair");
+    server_ns
+        .ip(&["addr", "add", "10.213.0.1/24", "dev", "eth0"])
+        .expect("server address");
+    client_ns
+        .ip(&["addr", "add", "10.213.0.2/24", "dev", "eth0"])
+        .expect("client address");
+
+    let listen = IpAddr::V4(Ipv4Addr::new(10, 213, 0, 1));
+    let mut server = EtcdServer::start_in_netns(server_ns.name(), listen).expect("start etcd");
+    eprintln!(
+        "netns etcd ready in {:?} at {}",
+        server.last_startup(),
+        server.endpoint()
+    );
+    assert_eq!(server.netns(), Some(server_ns.name()));
+    assert_eq!(server.listen_ip(), listen);
+    assert!(!server.is_tls());
+    assert_eq!(
+        server.endpoint(),
+        format!("http://10.213.0.1:{}", server.client_port())
+    );
+    assert_eq!(server.client_addr().ip(), listen);
+
+    // etcd is not in our namespace: our loopback does not serve its port.
+    let err = TcpStream::connect(("127.0.0.1", server.client_port()))
+        .expect_err("etcd must not listen in the test's own namespace");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+
+    // Another namespace reaches it over the veth link.
+    let value = "{\"Network\":\"10.244.0.0/16\"}";
+    client_ns.run(|| put(&server, "/coreos.com/network/config", value));
+    let got = client_ns.run(|| get_b64(&server, "/coreos.com/network/config"));
+    assert_eq!(got, Some(base64(value.as_bytes())));
+
+    // stop/restart keep the namespace, address, port and data.
+    let pid = server.pid().expect("pid");
+    server.stop();
+    assert!(!pid_alive(pid), "etcd pid {pid} still alive after stop");
+    server.restart().expect("restart etcd in the namespace");
+    assert_eq!(server.netns(), Some(server_ns.name()));
+    let got = client_ns.run(|| get_b64(&server, "/coreos.com/network/config"));
+    assert_eq!(got, Some(base64(value.as_bytes())));
+
+    // Drop kills it.
+    let pid = server.pid().expect("pid");
+    drop(server);
+    assert!(!pid_alive(pid), "etcd pid {pid} survived drop");
+}
+
+#[test]
+fn start_in_netns_reports_a_bad_address_or_namespace() {
+    use flannel_testutil::netns::NetNs;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let ns = NetNs::new("etcd-bad").expect("create a namespace");
+    // 10.213.9.9 is not configured in the namespace: etcd cannot bind it.
+    let err = EtcdServer::start_in_netns(ns.name(), IpAddr::V4(Ipv4Addr::new(10, 213, 9, 9)))
+        .expect_err("binding an address the namespace lacks must fail");
+    assert!(matches!(err, TestUtilError::Exited { .. }), "{err:?}");
+    assert!(err.to_string().contains("10.213.9.9"), "{err}");
+
+    let err = EtcdServer::start_in_netns("flt-no-such-netns", IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .expect_err("a missing namespace must fail");
+    assert!(matches!(err, TestUtilError::Exited { .. }), "{err:?}");
+    assert!(err.to_string().contains("flt-no-such-netns"), "{err}");
+}
