@@ -507,13 +507,38 @@ fn config_subcommand_only_first() {
 
 #[test]
 fn process_prints_options_with_password_masked() {
-    let out = run(&["-ip-masq", "--etcd-password=topsecret", "-iface", "eth9"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    assert!(stdout.contains("ip_masq: true"), "{stdout}");
-    assert!(stdout.contains("\"eth9\""), "{stdout}");
-    assert!(!stdout.contains("topsecret") && !text(&out.stderr).contains("topsecret"));
-    assert!(stdout.contains("***"), "{stdout}");
+    // The daemon logs its options at start, then waits for a network config
+    // that never comes (an empty local store) until SIGTERM ends it cleanly.
+    let store = std::env::temp_dir().join(format!("flanneld-cli-{}", std::process::id()));
+    let child = Process::new(BIN)
+        .args([
+            "-ip-masq",
+            "--etcd-password=topsecret",
+            "-iface",
+            "eth9",
+            "--subnet-manager=local",
+        ])
+        .arg(format!("--local-store-dir={}", store.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn flanneld");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let term = Process::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let out = child.wait_with_output().expect("wait");
+    let _ = std::fs::remove_dir_all(&store);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("ip_masq: true"), "{stderr}");
+    assert!(stderr.contains("\"eth9\""), "{stderr}");
+    assert!(stderr.contains("***"), "{stderr}");
+    assert!(stderr.contains("Couldn't fetch network config"), "{stderr}");
+    assert!(stderr.contains("Exiting cleanly"), "{stderr}");
+    assert!(!stderr.contains("topsecret") && !text(&out.stdout).contains("topsecret"));
 }
 
 #[test]

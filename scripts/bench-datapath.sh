@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# flannel-rs datapath benchmark: pod-to-pod iperf3 throughput through what our
+# flanneld + flannel CNI plugin set up, against a hand-made kernel baseline.
+#
+#   scripts/bench-datapath.sh [SECONDS]     # iperf3 -t SECONDS per run (default 5)
+#
+# For each backend (vxlan, host-gw) two 2-host topologies (network namespaces
+# on a bridge, one pod per host) are built side by side:
+#   ours      flanneld on the embedded local store + our `flannel` CNI plugin
+#             (delegating to Debian's `bridge` and `host-local`), as demo.sh;
+#   baseline  no flanneld, no CNI: vxlan device / routes, bridge and pod veth
+#             made by hand with ip(8) (vxlan: MTU 1450, host-gw: MTU 1500).
+# iperf3 runs pod 1 -> pod 2 with 1 and with 4 streams; ours and baseline
+# alternate, 3 runs each, and the median of end.sum_received.bits_per_second
+# is reported. Results: a table on stdout, and one JSON object per figure in
+# target/bench-datapath.jsonl (overwritten).
+#
+# Run as root on Debian; it installs what it needs and builds in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+case "${1:-}" in -h|--help) sed -n '2,18p' "$0"; exit 0 ;; esac
+SECS=${1:-5}
+[[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]  (a positive integer)" >&2; exit 2; }
+[ $# -le 1 ] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "bench-datapath.sh needs root (network namespaces)" >&2; exit 1; }
+RUNS=3
+STREAMS=(1 4)
+BACKENDS=(vxlan host-gw)
+
+START=$(date +%s.%N)
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+PACKAGES=(iproute2 iputils-ping iperf3 jq containernetworking-plugins protobuf-compiler libprotobuf-dev)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+
+say "building flanneld and the flannel CNI plugin (release)"
+cargo build --release -q -p flanneld -p flannel-cni
+BIN="$ROOT/target/release"
+CNI_BIN=/usr/lib/cni
+OUT="$ROOT/target/bench-datapath.jsonl"
+
+WORK=$(mktemp -d /tmp/flannel-bench.XXXXXX)
+TAG="fb$$"
+# host-local keeps its reservations in /var/lib/cni/networks/<name>: use a
+# network name of our own and remove it on exit.
+NETNAME="flannel-bench-$$"
+NAMESPACES=()
+PIDS=()
+cleanup() {
+    set +e
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+    PIDS=()
+    for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    NAMESPACES=()
+    rm -rf "$WORK" "/var/lib/cni/networks/$NETNAME"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+newns() { ip netns add "$1"; NAMESPACES+=("$1"); ip -n "$1" link set lo up; }
+
+# hosts PREFIX: switch namespace PREFIX-sw with bridge br0, hosts PREFIX-h1,
+# PREFIX-h2 with eth0 = 192.168.100.<i>/24 on it, forwarding on.
+hosts() {
+    local P=$1 i h
+    newns "$P-sw"
+    ip -n "$P-sw" link add br0 type bridge
+    ip -n "$P-sw" link set br0 up
+    for i in 1 2; do
+        h="$P-h$i"
+        newns "$h"
+        ip link add "${P}v$i" type veth peer name eth0 netns "$h"
+        ip link set "${P}v$i" netns "$P-sw"
+        ip -n "$P-sw" link set "${P}v$i" master br0 up
+        ip -n "$h" addr add "192.168.100.$i/24" dev eth0
+        ip -n "$h" link set eth0 up
+        ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
+    done
+}
+
+# ours BACKEND PREFIX: flanneld per host + one pod per host through our CNI.
+ours() {
+    local B=$1 P=$2 i d out
+    hosts "$P"
+    mkdir -p "$WORK/$P/store"
+    echo "{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"$B\"}}" >"$WORK/$P/store/config"
+    for i in 1 2; do
+        d="$WORK/$P/h$i"
+        mkdir -p "$d"
+        ip netns exec "$P-h$i" "$BIN/flanneld" --iface=eth0 "--subnet-file=$d/subnet.env" \
+            --subnet-manager=local "--local-store-dir=$WORK/$P/store" >"$d/flanneld.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for i in 1 2; do
+        d="$WORK/$P/h$i"
+        for _ in $(seq 1 300); do [ -s "$d/subnet.env" ] && break; sleep 0.05; done
+        [ -s "$d/subnet.env" ] || { echo "ours/$B host $i: no subnet.env; log:"; cat "$d/flanneld.log"; exit 1; }
+        newns "$P-p$i"
+        cat >"$d/cni.conf" <<EOF
+{"cniVersion": "0.3.1", "name": "$NETNAME", "type": "flannel",
+ "subnetFile": "$d/subnet.env", "dataDir": "$d/cni",
+ "delegate": {"hairpinMode": true, "isDefaultGateway": true}}
+EOF
+        out=$(ip netns exec "$P-h$i" env CNI_COMMAND=ADD CNI_CONTAINERID="bench$i" CNI_NETNS="/run/netns/$P-p$i" \
+            CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$BIN/flannel" <"$d/cni.conf" 2>"$d/cni.log") \
+            || { echo "CNI ADD failed on host $i: $out"; exit 1; }
+    done
+}
+
+# baseline BACKEND PREFIX: the same topology, everything made by hand.
+baseline() {
+    local B=$1 P=$2 i j h mtu
+    hosts "$P"
+    if [ "$B" = vxlan ]; then mtu=1450; else mtu=1500; fi
+    for i in 1 2; do
+        h="$P-h$i"
+        j=$((3 - i))
+        if [ "$B" = vxlan ]; then
+            ip -n "$h" link add vx0 type vxlan id 1 local "192.168.100.$i" dev eth0 dstport 8472 nolearning
+            ip -n "$h" link set vx0 address "0e:fb:00:00:00:0$i" mtu 1450 up
+            ip -n "$h" addr add "10.244.$i.0/32" dev vx0
+            ip -n "$h" neigh add "10.244.$j.0" lladdr "0e:fb:00:00:00:0$j" dev vx0 nud permanent
+            bridge -n "$h" fdb append "0e:fb:00:00:00:0$j" dev vx0 dst "192.168.100.$j"
+            ip -n "$h" route add "10.244.$j.0/24" via "10.244.$j.0" dev vx0 onlink
+        else
+            ip -n "$h" route add "10.244.$j.0/24" via "192.168.100.$j" dev eth0
+        fi
+        ip -n "$h" link add cni0 type bridge
+        ip -n "$h" link set cni0 mtu "$mtu" up
+        ip -n "$h" addr add "10.244.$i.1/24" dev cni0
+        newns "$P-p$i"
+        ip -n "$h" link add "veth$i" mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns "$P-p$i"
+        ip -n "$h" link set "veth$i" master cni0 up
+        ip -n "$P-p$i" addr add "10.244.$i.2/24" dev eth0
+        ip -n "$P-p$i" link set eth0 up
+        ip -n "$P-p$i" route add default via "10.244.$i.1"
+    done
+}
+
+podip() { ip -n "$1" -4 -o addr show dev eth0 | awk '{split($4, a, "/"); print a[1]}'; }
+
+# server PREFIX: iperf3 server in pod 2 (tracked in PIDS, so not in a subshell).
+server() {
+    local P=$1
+    ip netns exec "$P-p2" iperf3 -s -B "$(podip "$P-p2")" >"$WORK/$P-iperf3-server.log" 2>&1 &
+    PIDS+=($!)
+}
+
+# ready PREFIX: iperf3 listens in pod 2 and pod 1 reaches it; prints pod 2's IP.
+ready() {
+    local P=$1 dst
+    dst=$(podip "$P-p2")
+    for _ in $(seq 1 100); do
+        [ -n "$(ip netns exec "$P-p2" ss -Htln 'sport = :5201')" ] && break
+        sleep 0.1
+    done
+    for _ in $(seq 1 50); do
+        ip netns exec "$P-p1" ping -c 1 -W 1 -q "$dst" >/dev/null 2>&1 && { echo "$dst"; return 0; }
+        sleep 0.2
+    done
+    echo "$P: pod 1 cannot reach pod 2 ($dst)" >&2
+    return 1
+}
+
+# measure PREFIX DST STREAMS: prints received Gbit/s of one iperf3 run.
+measure() {
+    local P=$1 dst=$2 n=$3 f="$WORK/$1-iperf3.json" try
+    for try in 1 2 3; do
+        if ip netns exec "$P-p1" iperf3 -c "$dst" -t "$SECS" -P "$n" -J >"$f" 2>&1; then
+            jq -r '.end.sum_received.bits_per_second / 1e9' "$f"
+            return 0
+        fi
+        echo "  iperf3 failed (try $try): $(jq -r '.error // empty' "$f" 2>/dev/null || head -c 200 "$f")" >&2
+        sleep 1
+    done
+    exit 1
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+label() { if [ "$1" = 1 ]; then echo "$2 1 stream"; else echo "$2 $1 streams"; fi; }
+
+declare -A OURS BASE
+NAMES=()
+for B in "${BACKENDS[@]}"; do
+    say "$B: ours (flanneld + flannel CNI) and baseline (hand-made) topologies"
+    ours "$B" "${TAG}o"
+    baseline "$B" "${TAG}b"
+    server "${TAG}o"
+    server "${TAG}b"
+    DST_O=$(ready "${TAG}o")
+    DST_B=$(ready "${TAG}b")
+    echo "  ours:     pod $(podip "${TAG}o-p1") -> $DST_O, MTU $(ip -n "${TAG}o-p1" -o link show eth0 | awk '{for (k = 1; k < NF; k++) if ($k == "mtu") print $(k + 1)}')"
+    echo "  baseline: pod $(podip "${TAG}b-p1") -> $DST_B, MTU $(ip -n "${TAG}b-p1" -o link show eth0 | awk '{for (k = 1; k < NF; k++) if ($k == "mtu") print $(k + 1)}')"
+    for n in "${STREAMS[@]}"; do
+        name=$(label "$n" "$B")
+        NAMES+=("$name")
+        OURS[$name]=""
+        BASE[$name]=""
+    done
+    for r in $(seq 1 $RUNS); do
+        for n in "${STREAMS[@]}"; do
+            name=$(label "$n" "$B")
+            o=$(measure "${TAG}o" "$DST_O" "$n")
+            b=$(measure "${TAG}b" "$DST_B" "$n")
+            OURS[$name]+=" $o"
+            BASE[$name]+=" $b"
+            printf '  run %d/%d %-18s ours %6.2f  baseline %6.2f Gbit/s\n' "$r" "$RUNS" "$name" "$o" "$b"
+        done
+    done
+    cleanup
+done
+
+say "results (iperf3 -t $SECS, median of $RUNS runs, pod 1 -> pod 2)"
+: >"$OUT"
+printf '%-18s | %13s | %17s | %5s\n' name "ours (Gbit/s)" "baseline (Gbit/s)" ratio
+printf '%-18s-+-%13s-+-%17s-+-%5s\n' "------------------" "-------------" "-----------------" "-----"
+for name in "${NAMES[@]}"; do
+    # shellcheck disable=SC2086 # word-split the run list on purpose
+    o=$(median ${OURS[$name]})
+    # shellcheck disable=SC2086
+    b=$(median ${BASE[$name]})
+    o=$(awk -v x="$o" 'BEGIN {printf "%.3f", x}')
+    b=$(awk -v x="$b" 'BEGIN {printf "%.3f", x}')
+    ratio=$(awk -v x="$o" -v y="$b" 'BEGIN {printf "%.3f", (y > 0 ? x / y : 0)}')
+    printf '%-18s | %13.2f | %17.2f | %5.2f\n' "$name" "$o" "$b" "$ratio"
+    case "$name" in
+        vxlan*) bname="hand-made kernel vxlan ${name#vxlan }" ;;
+        *) bname="hand-made kernel routes ${name#host-gw }" ;;
+    esac
+    jq -nc --arg name "$name" --argjson value "$o" --arg bname "$bname" --argjson bvalue "$b" \
+        --argjson ratio "$ratio" \
+        '{name: $name, value: $value, unit: "Gbit/s", baseline_name: $bname, baseline_value: $bvalue, ratio: $ratio}' >>"$OUT"
+done
+END=$(date +%s.%N)
+echo
+echo "  wrote $OUT"
+awk -v a="$START" -v b="$END" 'BEGIN { printf "  wall time: %.0f s\n", b - a }'
