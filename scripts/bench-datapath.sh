@@ -176,10 +176,11 @@ ready() {
 
 # measure PREFIX DST STREAMS: prints received Gbit/s of one iperf3 run.
 measure() {
-    local P=$1 dst=$2 n=$3 f="$WORK/$1-iperf3.json" try
+    local P=$1 dst=$2 n=$3 f="$WORK/$1-iperf3.json" try v
     for try in 1 2 3; do
-        if ip netns exec "$P-p1" iperf3 -c "$dst" -t "$SECS" -P "$n" -J >"$f" 2>&1; then
-            jq -r '.end.sum_received.bits_per_second / 1e9' "$f"
+        if ip netns exec "$P-p1" iperf3 -c "$dst" -t "$SECS" -P "$n" -J >"$f" 2>&1 &&
+            v=$(jq -er '.end.sum_received.bits_per_second / 1e9' "$f" 2>/dev/null); then
+            echo "$v"
             return 0
         fi
         echo "  iperf3 failed (try $try): $(jq -r '.error // empty' "$f" 2>/dev/null || head -c 200 "$f")" >&2

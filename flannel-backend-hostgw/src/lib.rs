@@ -11,7 +11,9 @@
 //! [`RESYNC_INTERVAL`], restoring a deleted route and removing routes of
 //! leases that are gone. Shutdown leaves the routes in place.
 
-use flannel_core::backend::{Backend, BackendError, ExternalInterface, Network, RegisterContext};
+use flannel_core::backend::{
+    Backend, BackendError, ExternalInterface, Network, RegisterContext, follow_renewal,
+};
 use flannel_core::event::{EventKind, LeaseEvent};
 use flannel_core::ip::{Cidr, Family as IpFamily};
 use flannel_core::lease::{Lease, LeaseAttrs};
@@ -266,15 +268,7 @@ impl Network for HostGwNetwork {
     }
 
     async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
-        if lease.key() != self.lease.key() {
-            return Err(BackendError::LeaseMoved {
-                backend: TYPE,
-                old: self.lease.key().to_string(),
-                new: lease.key().to_string(),
-            });
-        }
-        self.lease = lease.clone();
-        Ok(())
+        follow_renewal(&mut self.lease, lease, TYPE)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::options::{OVERHEAD, TYPE, VxlanLeaseData, VxlanOptions};
 use crate::state::{Peer, Skip, parts, peer_for};
-use flannel_core::backend::{BackendError, Network, RegisterContext};
+use flannel_core::backend::{BackendError, Network, RegisterContext, follow_renewal};
 use flannel_core::event::{EventKind, LeaseEvent};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_netlink::{
@@ -555,15 +555,7 @@ impl Network for VxlanNetwork {
     }
 
     async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
-        if lease.key() != self.lease.key() {
-            return Err(BackendError::LeaseMoved {
-                backend: TYPE,
-                old: self.lease.key().to_string(),
-                new: lease.key().to_string(),
-            });
-        }
-        self.lease = lease.clone();
-        Ok(())
+        follow_renewal(&mut self.lease, lease, TYPE)
     }
 }
 

@@ -131,6 +131,25 @@ impl BackendError {
     }
 }
 
+/// The usual [`Network::lease_changed`]: adopt a renewal of the same subnets
+/// into `current`, refuse a move to other subnets with
+/// [`BackendError::LeaseMoved`].
+pub fn follow_renewal(
+    current: &mut Lease,
+    new: &Lease,
+    backend: &'static str,
+) -> Result<(), BackendError> {
+    if new.key() != current.key() {
+        return Err(BackendError::LeaseMoved {
+            backend,
+            old: current.key().to_string(),
+            new: new.key().to_string(),
+        });
+    }
+    *current = new.clone();
+    Ok(())
+}
+
 /// A future the caller must poll for the network's lifetime (a userspace
 /// datapath loop); it ends with the network's shutdown or an error.
 pub type Driver = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;

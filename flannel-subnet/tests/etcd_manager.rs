@@ -5,10 +5,7 @@
 mod common;
 
 use common::*;
-use flannel_core::backend::{BackendError, Network};
-use flannel_core::event::{EventKind, LeaseEvent, LeaseWatchResult};
-use flannel_core::key::SubnetKey;
-use flannel_core::lease::Lease;
+use flannel_core::event::{EventKind, LeaseWatchResult};
 use flannel_core::manager::SubnetManager;
 use flannel_subnet::etcd::{EtcdConfig, EtcdStore};
 use flannel_subnet::manager::LeaseManager;
@@ -74,45 +71,6 @@ async fn watch() {
     watch_scenario(&Etcd::start()).await;
 }
 
-#[derive(Default)]
-struct Seen {
-    events: Vec<(EventKind, SubnetKey)>,
-    resyncs: usize,
-    lease_changes: Vec<Lease>,
-}
-
-struct Recorder {
-    lease: Lease,
-    seen: Arc<Mutex<Seen>>,
-}
-
-#[async_trait::async_trait]
-impl Network for Recorder {
-    fn lease(&self) -> &Lease {
-        &self.lease
-    }
-    fn mtu(&self) -> u32 {
-        1450
-    }
-    async fn handle_events(&mut self, events: &[LeaseEvent]) -> Result<(), BackendError> {
-        self.seen
-            .lock()
-            .unwrap()
-            .events
-            .extend(events.iter().map(|e| (e.kind, e.lease.key())));
-        Ok(())
-    }
-    async fn resync(&mut self, _: &[&Lease]) -> Result<(), BackendError> {
-        self.seen.lock().unwrap().resyncs += 1;
-        Ok(())
-    }
-    async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
-        self.lease = lease.clone();
-        self.seen.lock().unwrap().lease_changes.push(lease.clone());
-        Ok(())
-    }
-}
-
 async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -135,10 +93,11 @@ async fn etcd_outage_and_compaction_lose_no_peer() {
     let peers = LeaseManager::new(fx.open().await);
     let p1 = peers.acquire_lease(&req([10, 0, 0, 2])).await.unwrap();
 
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(Log::default()));
     let mut net = Recorder {
         lease: lease.clone(),
-        seen: seen.clone(),
+        log: seen.clone(),
+        resync_every: None,
     };
     let runner = Runner::new(manager.clone());
     let status = runner.status().clone();
@@ -151,7 +110,7 @@ async fn etcd_outage_and_compaction_lose_no_peer() {
             .await
     });
     wait_for("initial sync", Duration::from_secs(10), || {
-        seen.lock().unwrap().resyncs == 1
+        seen.lock().unwrap().resyncs.len() == 1
     })
     .await;
     assert_eq!(seen.lock().unwrap().events, [(EventKind::Added, p1.key())]);
@@ -250,10 +209,11 @@ async fn deleted_own_lease_is_reacquired() {
     fx.set_config(r#"{"Network": "10.9.0.0/16"}"#).await;
     let manager = Arc::new(LeaseManager::new(fx.open().await));
     let lease = manager.acquire_lease(&req([10, 0, 0, 1])).await.unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(Log::default()));
     let mut net = Recorder {
         lease: lease.clone(),
-        seen: seen.clone(),
+        log: seen.clone(),
+        resync_every: None,
     };
     let runner = Runner::new(manager.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -265,7 +225,7 @@ async fn deleted_own_lease_is_reacquired() {
             .await
     });
     wait_for("initial sync", Duration::from_secs(10), || {
-        seen.lock().unwrap().resyncs == 1
+        seen.lock().unwrap().resyncs.len() == 1
     })
     .await;
     let store = fx.open().await;

@@ -4,8 +4,7 @@
 mod common;
 
 use common::*;
-use flannel_core::backend::{BackendError, Network};
-use flannel_core::event::{EventKind, LeaseEvent};
+use flannel_core::event::EventKind;
 use flannel_core::key::SubnetKey;
 use flannel_core::lease::Lease;
 use flannel_core::manager::{ManagerError, SubnetManager};
@@ -16,58 +15,6 @@ use flannel_subnet::store::{LeaseStore, Listing, StoreWatch};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-#[derive(Default)]
-struct Log {
-    events: Vec<(EventKind, SubnetKey)>,
-    resyncs: Vec<Vec<SubnetKey>>,
-    lease_changes: Vec<Lease>,
-    shutdowns: usize,
-}
-
-struct Recorder {
-    lease: Lease,
-    log: Arc<Mutex<Log>>,
-    resync_every: Option<Duration>,
-}
-
-#[async_trait::async_trait]
-impl Network for Recorder {
-    fn lease(&self) -> &Lease {
-        &self.lease
-    }
-    fn mtu(&self) -> u32 {
-        1450
-    }
-    async fn handle_events(&mut self, events: &[LeaseEvent]) -> Result<(), BackendError> {
-        self.log
-            .lock()
-            .unwrap()
-            .events
-            .extend(events.iter().map(|e| (e.kind, e.lease.key())));
-        Ok(())
-    }
-    async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError> {
-        self.log
-            .lock()
-            .unwrap()
-            .resyncs
-            .push(leases.iter().map(|l| l.key()).collect());
-        Ok(())
-    }
-    fn resync_interval(&self) -> Option<Duration> {
-        self.resync_every
-    }
-    async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
-        self.lease = lease.clone();
-        self.log.lock().unwrap().lease_changes.push(lease.clone());
-        Ok(())
-    }
-    async fn shutdown(&mut self) -> Result<(), BackendError> {
-        self.log.lock().unwrap().shutdowns += 1;
-        Ok(())
-    }
-}
 
 fn local(dir: &std::path::Path, poll: Duration) -> LocalStore {
     LocalStore::open(dir).unwrap().with_poll_interval(poll)

@@ -2,7 +2,8 @@
 //! factory that opens a new handle (a new "process") on one shared store.
 #![allow(dead_code)]
 
-use flannel_core::event::{EventKind, LeaseWatchResult};
+use flannel_core::backend::{BackendError, Network};
+use flannel_core::event::{EventKind, LeaseEvent, LeaseWatchResult};
 use flannel_core::ip::Ip4Net;
 use flannel_core::key::SubnetKey;
 use flannel_core::lease::{Lease, LeaseAttrs};
@@ -12,6 +13,7 @@ use flannel_subnet::store::LeaseStore;
 use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Opens a new handle on the shared store under test, and sets its config.
@@ -233,5 +235,59 @@ pub async fn watch_scenario<F: Fixture>(fx: &F) {
             assert_eq!(ls.iter().map(Lease::key).collect::<Vec<_>>(), [mine])
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// What a [`Recorder`] network was asked to do.
+#[derive(Default)]
+pub struct Log {
+    pub events: Vec<(EventKind, SubnetKey)>,
+    pub resyncs: Vec<Vec<SubnetKey>>,
+    pub lease_changes: Vec<Lease>,
+    pub shutdowns: usize,
+}
+
+/// A network that records every call instead of programming a datapath.
+pub struct Recorder {
+    pub lease: Lease,
+    pub log: Arc<Mutex<Log>>,
+    pub resync_every: Option<Duration>,
+}
+
+#[async_trait::async_trait]
+impl Network for Recorder {
+    fn lease(&self) -> &Lease {
+        &self.lease
+    }
+    fn mtu(&self) -> u32 {
+        1450
+    }
+    async fn handle_events(&mut self, events: &[LeaseEvent]) -> Result<(), BackendError> {
+        self.log
+            .lock()
+            .unwrap()
+            .events
+            .extend(events.iter().map(|e| (e.kind, e.lease.key())));
+        Ok(())
+    }
+    async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError> {
+        self.log
+            .lock()
+            .unwrap()
+            .resyncs
+            .push(leases.iter().map(|l| l.key()).collect());
+        Ok(())
+    }
+    fn resync_interval(&self) -> Option<Duration> {
+        self.resync_every
+    }
+    async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
+        self.lease = lease.clone();
+        self.log.lock().unwrap().lease_changes.push(lease.clone());
+        Ok(())
+    }
+    async fn shutdown(&mut self) -> Result<(), BackendError> {
+        self.log.lock().unwrap().shutdowns += 1;
+        Ok(())
     }
 }
