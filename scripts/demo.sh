@@ -58,6 +58,12 @@ SW="${TAG}-sw"
 PIDS=()
 cleanup() {
     set +e
+    # CNI DEL first, so host-local releases its reservations.
+    for i in $(seq 1 $HOSTS); do
+        [ -f "$WORK/h$i/cni.conf" ] || continue
+        ip netns exec "${TAG}-h$i" env CNI_COMMAND=DEL CNI_CONTAINERID="pod$i" CNI_NETNS="/run/netns/${TAG}-p$i" \
+            CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$BIN/flannel" <"$WORK/h$i/cni.conf" >/dev/null 2>&1
+    done
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     wait 2>/dev/null
     for i in $(seq 1 $HOSTS); do
