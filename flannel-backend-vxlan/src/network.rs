@@ -2,13 +2,16 @@
 
 use crate::options::{OVERHEAD, TYPE, VxlanLeaseData, VxlanOptions};
 use crate::state::{Peer, Skip, parts, peer_for};
-use flannel_core::backend::{BackendError, Network, RegisterContext, follow_renewal};
+use flannel_core::backend::{
+    BackendError, Network, RegisterContext, ResyncTrigger, follow_renewal,
+};
 use flannel_core::event::{EventKind, LeaseEvent};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_netlink::{
-    Family, Mac, Netlink, NetlinkError, Route, VxlanSpec, format_mac, parse_mac, random_vtep_mac,
-    reconcile_routes,
+    Family, LinkEvent, Mac, Netlink, NetlinkError, Route, VxlanSpec, format_mac, parse_mac,
+    random_vtep_mac, reconcile_routes, watch_links,
 };
+use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -552,6 +555,30 @@ impl Network for VxlanNetwork {
 
     fn resync_interval(&self) -> Option<Duration> {
         Some(RESYNC_INTERVAL)
+    }
+
+    fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
+        // `ip monitor link`: a deleted or downed VTEP is rebuilt at once
+        // instead of at the next periodic resync (routes through a device
+        // vanish with it, so the overlay is down until then).
+        let (events, conn) = match watch_links() {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("cannot watch links; relying on the periodic resync: {e}");
+                return None;
+            }
+        };
+        let names: Vec<String> = self.devices.iter().map(|d| d.spec.name.clone()).collect();
+        let damage = events.filter_map(move |ev| {
+            let hit = match ev {
+                LinkEvent::Del { name, .. } => names.contains(&name),
+                LinkEvent::New(link) => names.contains(&link.name) && !link.up,
+            };
+            std::future::ready(hit.then_some(()))
+        });
+        // The socket's connection future is polled as part of the stream.
+        let conn = futures_util::stream::once(conn).filter_map(|()| std::future::ready(None));
+        Some(Box::pin(futures_util::stream::select(damage, conn)))
     }
 
     async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {

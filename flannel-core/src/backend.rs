@@ -154,6 +154,11 @@ pub fn follow_renewal(
 /// datapath loop); it ends with the network's shutdown or an error.
 pub type Driver = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;
 
+/// A stream that yields whenever the datapath needs a resync right away
+/// (someone deleted a device of ours); the runner resyncs on each item,
+/// coalescing bursts.
+pub type ResyncTrigger = Pin<Box<dyn futures_core::Stream<Item = ()> + Send>>;
+
 /// Everything a backend needs to register its network.
 pub struct RegisterContext<'a> {
     /// The validated network configuration.
@@ -212,6 +217,12 @@ pub trait Network: Send {
     /// How often the runner should call [`Network::resync`] besides after
     /// snapshots; `None` for only after snapshots.
     fn resync_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Hands out a [`ResyncTrigger`], once, for backends that watch the kernel
+    /// for damage to their state. Default: none (periodic resync only).
+    fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
         None
     }
 

@@ -6,8 +6,10 @@
 //! - watches every lease (snapshot, then changes; the manager's stream
 //!   reconnects by itself) and passes changes through a [`LeaseWatcher`] to
 //!   [`Network::handle_events`], and full snapshots to [`Network::resync`];
-//! - calls [`Network::resync`] every [`Network::resync_interval`], and retries
-//!   a failed event batch through a resync one second later;
+//! - calls [`Network::resync`] every [`Network::resync_interval`], at once
+//!   when the backend's [`Network::take_resync_trigger`] stream fires (a
+//!   deleted device), and retries a failed event batch through a resync one
+//!   second later;
 //! - renews the lease `renew_margin` before it expires, retrying every minute
 //!   on failure;
 //! - re-acquires the lease when it disappears from the store (the same subnet
@@ -21,12 +23,12 @@
 //! [`RunnerStatus`] exposes progress for health, readiness and metrics.
 
 use crate::manager::Backoff;
-use flannel_core::backend::{BackendError, Driver, Network};
+use flannel_core::backend::{BackendError, Driver, Network, ResyncTrigger};
 use flannel_core::event::{EventKind, LeaseWatchResult, LeaseWatcher};
 use flannel_core::key::SubnetKey;
 use flannel_core::lease::Lease;
 use flannel_core::manager::{AcquireRequest, LeaseStream, ManagerError, SubnetManager};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -220,6 +222,22 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
+/// The next trigger item, or never when there is no trigger (or it ended).
+async fn triggered(trigger: &mut Option<ResyncTrigger>) -> bool {
+    match trigger {
+        Some(t) => match t.next().await {
+            Some(()) => {
+                // Coalesce a burst (a device deletion also drops its routes
+                // and neighbours) into one resync.
+                while let Some(Some(())) = t.next().now_or_never() {}
+                true
+            }
+            None => false,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn drive(driver: &mut Option<Driver>) -> Result<(), BackendError> {
     match driver {
         Some(d) => d.await,
@@ -310,6 +328,7 @@ impl Runner {
             suppressed: 0,
         };
         let mut driver = network.take_driver();
+        let mut trigger = network.take_resync_trigger();
         let mut renew_at = renew_deadline(&lease, opts.renew_margin);
         let resync_every = network.resync_interval();
         let mut resync_at = resync_every.map(|d| Instant::now() + d);
@@ -384,6 +403,16 @@ impl Runner {
                         }
                     }
                 },
+                fired = triggered(&mut trigger) => {
+                    if !fired {
+                        trigger = None;
+                        continue;
+                    }
+                    info!("datapath damage reported by the backend; resyncing now");
+                    if !self.resync(network, &watcher).await {
+                        retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
                 _ = sleep_until_opt(resync_at) => {
                     resync_at = resync_every.map(|d| Instant::now() + d);
                     if !self.resync(network, &watcher).await {
