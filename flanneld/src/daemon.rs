@@ -14,7 +14,6 @@ use flannel_subnet::env_file::{read_subnet_env, write_subnet_env};
 use flannel_subnet::manager::LeaseManager;
 use flannel_subnet::runner::{Runner, RunnerOptions};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -134,6 +133,7 @@ pub async fn run(opts: Options) -> Result<()> {
         info!("Exiting cleanly...");
         return Ok(());
     };
+    health.set_config(&config);
     let stack = config.stack()?;
     let (netlink, conn) = Netlink::connect().context("cannot open a netlink socket")?;
     tokio::spawn(conn);
@@ -174,12 +174,29 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     };
     info!("lease acquired: {}", network.lease().key());
+    health.set_lease(network.lease());
+
+    // ---- traffic rules (§0 steps 16–19; see crate::rules) ----
+    // Before subnet.env is rewritten: `previous` holds the last run's
+    // network and subnet for the rule recycling. A failure exits 1 like Go;
+    // the resync and blackhole tasks stop with `stop`.
+    let _rules_tasks = crate::rules::start(
+        &opts,
+        &config,
+        network.lease(),
+        &previous,
+        &netlink,
+        &stop,
+        &health,
+    )
+    .await?;
+    // ---- end traffic rules ----
 
     let env = SubnetEnv::new(&config, network.lease(), network.mtu(), opts.ip_masq);
     match write_subnet_env(&opts.subnet_file, &env) {
         Ok(()) => {
             info!("Wrote subnet file to {}", opts.subnet_file.display());
-            health.ready.store(true, Ordering::Relaxed);
+            health.set_subnet_file_written(true);
             info!("flannel is ready");
         }
         Err(e) => warn!("Failed to write subnet file: {e}"),
@@ -190,7 +207,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let runner = Runner::new(sm.clone()).with_options(runner_options);
-    *health.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some(runner.status().clone());
+    health.set_runner(runner.status().clone());
     runner.run(network.as_mut(), stopped(stop)).await?;
     info!("Exiting cleanly...");
     Ok(())

@@ -14,3 +14,5 @@ pub mod cli;
 pub mod daemon;
 pub mod health;
 pub mod iface;
+pub mod metrics;
+pub mod rules;

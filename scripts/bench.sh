@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# flannel-rs benchmarks: every figure next to its baseline, in one report.
+#
+#   scripts/bench.sh                 # as root on Debian; run on demand (not part of test.sh)
+#   BENCH_DATAPATH_SECS=10 scripts/bench.sh
+#
+# Installs what is missing (apt), builds flanneld, the flannel CNI plugin and
+# the bench programs in release mode, then runs:
+#   acquire     lease acquisition among 60,000 leases on a real etcd
+#               vs the raw etcd range read (benches/src/bin/acquire.rs)
+#   program     5,000 vxlan leases programmed / removed with flannel-netlink
+#               vs ip -batch + bridge -batch (benches/src/bin/program.rs)
+#   converge    etcd PUT -> route on the other hosts, 3 flanneld in netns
+#               vs raw etcd watch delivery (benches/src/bin/converge.rs)
+#   footprint   flanneld RSS with 5,000 leases vs 0; start -> subnet.env
+#               vs ip link add + ip addr add (benches/src/bin/footprint.rs)
+#   datapath    pod-to-pod iperf3 vs hand-made kernel setup
+#               (scripts/bench-datapath.sh, BENCH_DATAPATH_SECS per run, default 5)
+# Every JSON figure line goes to target/bench-report.json (a JSON array); a
+# table of all figures (name, value, unit, baseline, ratio) is printed last.
+# A failing bench is reported and the others still run; the exit status is
+# then 1.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd)
+
+case "${1:-}" in -h|--help) sed -n '2,23p' "$0"; exit 0 ;; esac
+[ $# -eq 0 ] || { echo "usage: $0  (no arguments; see --help)" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces)" >&2; exit 1; }
+DATAPATH_SECS=${BENCH_DATAPATH_SECS:-5}
+
+START=$(date +%s.%N)
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+PACKAGES=(iproute2 iputils-ping iperf3 jq etcd-server containernetworking-plugins iptables
+          protobuf-compiler libprotobuf-dev)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || { echo "apt-get install failed" >&2; exit 1; }
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+
+say "building flanneld, the flannel CNI plugin and the benches (release)"
+cargo build --release -q -p flanneld -p flannel-cni -p flannel-benches || exit 1
+BIN="$ROOT/target/release"
+REPORT="$ROOT/target/bench-report.json"
+WORK=$(mktemp -d /tmp/flannel-bench-all.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+: >"$WORK/figures.jsonl"
+FAILED=()
+
+# bench NAME CMD...: runs one bench (progress on stderr, figures on stdout)
+# and keeps its JSON figure lines.
+bench() {
+    local name=$1
+    shift
+    say "$name"
+    local t0 t1
+    t0=$(date +%s.%N)
+    if "$@" >"$WORK/$name.out"; then
+        cat "$WORK/$name.out"
+        grep '^{' "$WORK/$name.out" >>"$WORK/figures.jsonl"
+    else
+        cat "$WORK/$name.out"
+        echo "!! $name failed" >&2
+        FAILED+=("$name")
+    fi
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" -v n="$name" 'BEGIN { printf "  (%s: %.0f s)\n", n, b - a }'
+}
+
+bench acquire "$BIN/acquire"
+bench program "$BIN/program"
+bench converge "$BIN/converge"
+bench footprint "$BIN/footprint"
+
+say "datapath"
+rm -f "$ROOT/target/bench-datapath.jsonl"
+if scripts/bench-datapath.sh "$DATAPATH_SECS" && [ -s "$ROOT/target/bench-datapath.jsonl" ]; then
+    cat "$ROOT/target/bench-datapath.jsonl" >>"$WORK/figures.jsonl"
+else
+    echo "!! datapath failed" >&2
+    FAILED+=(datapath)
+fi
+
+jq -s . "$WORK/figures.jsonl" >"$REPORT" || { echo "invalid JSON figure lines" >&2; exit 1; }
+
+say "all figures (ratio = value / baseline)"
+jq -r '.[] | [.name, .value, .unit, .baseline_name, .baseline_value, .ratio] | @tsv' "$REPORT" | awk -F'\t' '
+    function put(r, i, v) { cell[r, i] = v; if (length(v) > w[i]) w[i] = length(v) }
+    BEGIN { split("figure|value|unit|baseline|value|ratio", h, "|"); for (i = 1; i <= 6; i++) put(1, i, h[i]) }
+    {
+        r = NR + 1
+        put(r, 1, $1); put(r, 2, sprintf("%.2f", $2)); put(r, 3, $3)
+        put(r, 4, $4); put(r, 5, sprintf("%.2f", $5)); put(r, 6, sprintf("x%.2f", $6))
+    }
+    END {
+        for (r = 1; r <= NR + 1; r++) {
+            printf "%-*s  %*s %-*s | %-*s  %*s | %*s\n", w[1], cell[r, 1], w[2], cell[r, 2], w[3], cell[r, 3],
+                w[4], cell[r, 4], w[5], cell[r, 5], w[6], cell[r, 6]
+            if (r == 1) {
+                line = ""
+                for (i = 1; i <= w[1] + w[2] + w[3] + w[4] + w[5] + w[6] + 12; i++) line = line "-"
+                print line
+            }
+        }
+    }'
+END=$(date +%s.%N)
+echo
+echo "  wrote $REPORT ($(jq length "$REPORT") figures)"
+awk -v a="$START" -v b="$END" 'BEGIN { printf "  wall time: %.0f s\n", b - a }'
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    echo "  FAILED: ${FAILED[*]}" >&2
+    exit 1
+fi
