@@ -380,6 +380,8 @@ impl VxlanNetwork {
         let name = &dev.spec.name;
         let mut errors = Vec::new();
         let mut peers = Vec::new();
+        // (neighbours, fdb entries, routes) put (back) in place.
+        let mut fixed = (0usize, 0usize, 0usize);
         for lease in leases {
             match self.peer(lease, dev).await {
                 Ok(p) => peers.push(p),
@@ -416,10 +418,11 @@ impl VxlanNetwork {
                     .map(|n| (n.ip, n.mac))
                     .collect();
                 for (ip, mac) in &want_neigh {
-                    if have.get(ip) != Some(&Some(*mac))
-                        && let Err(e) = nl.replace_neigh(dev.index, *ip, *mac).await
-                    {
-                        errors.push(dp(format!("neighbour {ip} dev {name}"), e));
+                    if have.get(ip) != Some(&Some(*mac)) {
+                        fixed.0 += 1;
+                        if let Err(e) = nl.replace_neigh(dev.index, *ip, *mac).await {
+                            errors.push(dp(format!("neighbour {ip} dev {name}"), e));
+                        }
                     }
                 }
                 for ip in have.keys().filter(|ip| !want_neigh.contains_key(ip)) {
@@ -438,6 +441,10 @@ impl VxlanNetwork {
                     .filter_map(|f| f.dst.filter(|_| f.mac != [0; 6]).map(|d| (f.mac, d)))
                     .collect();
                 for (mac, dst) in want_fdb.difference(&have) {
+                    info!(
+                        "fdb entry {} dst {dst} dev {name} is missing; restoring it",
+                        format_mac(mac)
+                    );
                     if let Err(e) = nl.replace_fdb(dev.index, *mac, *dst).await {
                         errors.push(dp(
                             format!("fdb {} dev {name} dst {dst}", format_mac(mac)),
@@ -462,6 +469,14 @@ impl VxlanNetwork {
         }
         let family = if dev.v6 { Family::V6 } else { Family::V4 };
         let own = dev.addr;
+        let report = |fixed: (usize, usize, usize)| {
+            if fixed != (0, 0, 0) {
+                info!(
+                    "{name}: programmed {} neighbours, {} fdb entries, {} routes that were missing or wrong",
+                    fixed.0, fixed.1, fixed.2
+                );
+            }
+        };
         match nl.routes(family).await {
             Ok(have) => {
                 let desired: Vec<Route> = peers.iter().map(|p| p.route().clone()).collect();
@@ -477,12 +492,25 @@ impl VxlanNetwork {
                         && (r.oif == Some(index)
                             || (r.gateway.is_some() && contains(network, r.dst)))
                 });
+                for r in &plan.replace {
+                    info!(
+                        "route {}/{} via {:?} is missing or wrong; restoring it",
+                        r.dst, r.prefix, r.gateway
+                    );
+                }
+                for r in &plan.delete {
+                    info!(
+                        "removing stale route {}/{} via {:?}",
+                        r.dst, r.prefix, r.gateway
+                    );
+                }
                 if let Err(e) = nl.apply_routes(&plan).await {
                     errors.push(dp(format!("routes of {name}"), e));
                 }
             }
             Err(e) => errors.push(dp(format!("routes of {name}"), e)),
         }
+        report(fixed);
         errors
     }
 }
