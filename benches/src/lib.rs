@@ -57,3 +57,45 @@ pub fn median_ms(samples: &mut [Duration]) -> f64 {
     samples.sort();
     samples[samples.len() / 2].as_secs_f64() * 1000.0
 }
+
+/// Errors of the benchmark programs: a message.
+pub type Res<T> = Result<T, String>;
+
+/// Any displayable error as a [`Res`] message.
+pub fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The flanneld binary: `$BENCH_FLANNELD`, or `flanneld` next to the running
+/// benchmark (both are built into `target/release`).
+pub fn flanneld_bin() -> Res<std::path::PathBuf> {
+    let bin = match std::env::var_os("BENCH_FLANNELD") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::env::current_exe()
+            .map_err(err)?
+            .with_file_name("flanneld"),
+    };
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found: build it with `cargo build --release -p flanneld` (or set BENCH_FLANNELD)",
+            bin.display()
+        ))
+    }
+}
+
+/// Runs `f` on a current-thread runtime in a thread inside `ns`.
+pub fn in_ns<T: Send>(
+    ns: &flannel_testutil::netns::NetNs,
+    f: impl AsyncFnOnce() -> Res<T> + Send,
+) -> Res<T> {
+    ns.try_run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(err)?;
+        rt.block_on(f())
+    })
+    .map_err(err)?
+}

@@ -94,21 +94,14 @@ async fn etcd_outage_and_compaction_lose_no_peer() {
     let p1 = peers.acquire_lease(&req([10, 0, 0, 2])).await.unwrap();
 
     let seen = Arc::new(Mutex::new(Log::default()));
-    let mut net = Recorder {
+    let net = Recorder {
         lease: lease.clone(),
         log: seen.clone(),
         resync_every: None,
     };
     let runner = Runner::new(manager.clone());
     let status = runner.status().clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(&mut net, async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let running = spawn_runner(runner, net);
     wait_for("initial sync", Duration::from_secs(10), || {
         seen.lock().unwrap().resyncs.len() == 1
     })
@@ -173,8 +166,7 @@ async fn etcd_outage_and_compaction_lose_no_peer() {
     );
     assert_eq!(status.known_leases.load(Ordering::Relaxed), 3);
 
-    stop_tx.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 /// A watch that fell behind a compaction re-lists: a fresh snapshot with
@@ -214,20 +206,13 @@ async fn deleted_own_lease_is_reacquired() {
     let manager = Arc::new(LeaseManager::new(fx.open().await));
     let lease = manager.acquire_lease(&req([10, 0, 0, 1])).await.unwrap();
     let seen = Arc::new(Mutex::new(Log::default()));
-    let mut net = Recorder {
+    let net = Recorder {
         lease: lease.clone(),
         log: seen.clone(),
         resync_every: None,
     };
     let runner = Runner::new(manager.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(&mut net, async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let running = spawn_runner(runner, net);
     wait_for("initial sync", Duration::from_secs(10), || {
         seen.lock().unwrap().resyncs.len() == 1
     })
@@ -245,6 +230,5 @@ async fn deleted_own_lease_is_reacquired() {
         .unwrap()
         .expect("lease is back in etcd");
     assert!(!back.is_reservation(), "with a TTL again");
-    stop_tx.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }

@@ -43,22 +43,14 @@ async fn delivers_events_resyncs_and_reacquires_a_deleted_lease() {
     let peer = peer_mgr.acquire_lease(&req([10, 0, 0, 2])).await.unwrap();
 
     let log = Arc::new(Mutex::new(Log::default()));
-    let mut net = Recorder {
+    let net = Recorder {
         lease: lease.clone(),
         log: log.clone(),
         resync_every: None,
     };
     let runner = Runner::new(manager.clone());
     let status = runner.status().clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(&mut net, async {
-                let _ = stop_rx.await;
-            })
-            .await
-            .map(|_| net.lease.clone())
-    });
+    let running = spawn_runner(runner, net);
 
     // The initial snapshot: one full resync with the peer (our own lease
     // filtered out), no per-lease events.
@@ -100,8 +92,7 @@ async fn delivers_events_resyncs_and_reacquires_a_deleted_lease() {
     assert_eq!(status.reacquisitions.load(Ordering::Relaxed), 1);
 
     // Shutdown: the network is told, the lease stays in the store.
-    stop_tx.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
     assert_eq!(log.lock().unwrap().shutdowns, 1);
     assert!(
         local(dir.path(), poll)
@@ -124,7 +115,7 @@ async fn renews_margin_before_expiry_and_periodic_resync() {
     let manager = Arc::new(LeaseManager::new(local(dir.path(), poll)));
     let lease = manager.acquire_lease(&req([10, 0, 0, 1])).await.unwrap();
     let log = Arc::new(Mutex::new(Log::default()));
-    let mut net = Recorder {
+    let net = Recorder {
         lease,
         log: log.clone(),
         resync_every: Some(Duration::from_secs(600)),
@@ -134,14 +125,7 @@ async fn renews_margin_before_expiry_and_periodic_resync() {
         ..RunnerOptions::default()
     });
     let status = runner.status().clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(&mut net, async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let running = spawn_runner(runner, net);
 
     // 24 h lease, 60 min margin: nothing before 23 h ...
     tokio::time::sleep(Duration::from_secs(23 * 3600 - 120)).await;
@@ -157,8 +141,7 @@ async fn renews_margin_before_expiry_and_periodic_resync() {
     assert_eq!(status.renewals.load(Ordering::Relaxed), 1);
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
     assert_eq!(status.renewals.load(Ordering::Relaxed), 2);
-    stop_tx.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 /// A store that is down: every call fails, counting the attempts.
@@ -222,21 +205,14 @@ async fn outage_backs_off_instead_of_spinning() {
     );
     let lease = Lease::new(key("10.9.1.0-24"), attrs([10, 0, 0, 1]));
     let log = Arc::new(Mutex::new(Log::default()));
-    let mut net = Recorder {
+    let net = Recorder {
         lease,
         log: log.clone(),
         resync_every: None,
     };
     let runner = Runner::new(manager);
     let status = runner.status().clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(&mut net, async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let running = spawn_runner(runner, net);
     tokio::time::sleep(Duration::from_secs(60)).await;
     let n = calls.load(Ordering::Relaxed);
     // 100 ms doubling to 5 s: about 6 attempts in the first 3 s, then one per 5 s.
@@ -244,7 +220,6 @@ async fn outage_backs_off_instead_of_spinning() {
     assert!(!status.in_sync());
     assert_eq!(status.watch_errors.load(Ordering::Relaxed) as usize, n);
     assert!(log.lock().unwrap().events.is_empty());
-    stop_tx.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    running.stop().await;
     assert_eq!(log.lock().unwrap().shutdowns, 1);
 }

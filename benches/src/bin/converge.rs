@@ -20,7 +20,7 @@
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON lines.
 
 use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchOptions};
-use flannel_benches::{Figure, median_ms};
+use flannel_benches::{Figure, Res, err, flanneld_bin, in_ns, median_ms};
 use flannel_netlink::{Family, Netlink};
 use flannel_testutil::etcd::EtcdServer;
 use flannel_testutil::netns::{NetNs, Topology};
@@ -49,31 +49,6 @@ const DEV: &str = "flannel.1";
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Receive buffer of the route monitor socket: a burst must not overflow it.
 const MONITOR_RCVBUF: usize = 8 << 20;
-
-type Res<T> = Result<T, String>;
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
-/// The flanneld binary: `$BENCH_FLANNELD`, or `flanneld` next to us.
-fn flanneld_bin() -> Res<PathBuf> {
-    let bin = match std::env::var_os("BENCH_FLANNELD") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()
-            .map_err(err)?
-            .with_file_name("flanneld"),
-    };
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} not found: build it with `cargo build --release -p flanneld` \
-             (or set BENCH_FLANNELD)",
-            bin.display()
-        ))
-    }
-}
 
 /// One flanneld, SIGKILLed on drop.
 struct Daemon {
@@ -121,18 +96,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Runs `f` on a current-thread runtime in a thread inside `ns`.
-fn in_ns<T: Send>(ns: &NetNs, f: impl AsyncFnOnce() -> Res<T> + Send) -> Res<T> {
-    ns.try_run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(err)?;
-        rt.block_on(f())
-    })
-    .map_err(err)?
 }
 
 async fn netlink() -> Res<Netlink> {

@@ -16,7 +16,7 @@
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON lines.
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use flannel_benches::{Figure, median_ms};
+use flannel_benches::{Figure, Res, err, flanneld_bin, in_ns, median_ms};
 use flannel_netlink::{Family, Netlink};
 use flannel_testutil::etcd::EtcdServer;
 use flannel_testutil::netns::{NetNs, Topology};
@@ -34,31 +34,6 @@ const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": 
 const DEV: &str = "flannel.1";
 const TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(1);
-
-type Res<T> = Result<T, String>;
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
-/// The flanneld binary: `$BENCH_FLANNELD`, or `flanneld` next to us.
-fn flanneld_bin() -> Res<PathBuf> {
-    let bin = match std::env::var_os("BENCH_FLANNELD") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()
-            .map_err(err)?
-            .with_file_name("flanneld"),
-    };
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} not found: build it with `cargo build --release -p flanneld` \
-             (or set BENCH_FLANNELD)",
-            bin.display()
-        ))
-    }
-}
 
 /// One flanneld, SIGKILLed on drop.
 struct Daemon {
@@ -154,18 +129,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Runs `f` on a current-thread runtime in a thread inside `ns`.
-fn in_ns<T: Send>(ns: &NetNs, f: impl AsyncFnOnce() -> Res<T> + Send) -> Res<T> {
-    ns.try_run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(err)?;
-        rt.block_on(f())
-    })
-    .map_err(err)?
 }
 
 /// Waits until `flannel.1` in `ns` carries `n` routes; returns how long

@@ -19,7 +19,7 @@
 //! per figure and the figures as JSON lines.
 
 use flannel_backend_vxlan::state::{Peer, peer_for};
-use flannel_benches::{Figure, median_ms};
+use flannel_benches::{Figure, Res, median_ms};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_netlink::{Netlink, VxlanSpec, format_mac};
 use flannel_testutil::netns::NetNs;
@@ -32,8 +32,6 @@ use std::time::{Duration, Instant};
 const ROUNDS: usize = 3;
 const DEV: &str = "flannel.1";
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
-
-type Res<T> = Result<T, String>;
 
 /// Runs `f` with a fresh netlink connection on a current-thread runtime in
 /// a thread inside `ns`.

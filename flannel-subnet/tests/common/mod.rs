@@ -291,3 +291,33 @@ impl Network for Recorder {
         Ok(())
     }
 }
+
+/// A runner driving a network on its own task until [`Running::stop`].
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), flannel_subnet::runner::RunnerError>>,
+}
+
+/// Starts `runner` on `net` in a task.
+pub fn spawn_runner(
+    runner: flannel_subnet::runner::Runner,
+    mut net: impl Network + 'static,
+) -> Running {
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        runner
+            .run(&mut net, async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Running { stop, task }
+}
+
+impl Running {
+    /// Stops the runner and checks it ended without error.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
