@@ -464,7 +464,11 @@ impl<F: Family> Subnets<F> {
     pub fn remaining(&self) -> u128 {
         match self.next {
             None => 0,
-            Some(n) => ((self.last - n) >> self.step_shift).saturating_add(1),
+            // A shift of 128 (`::/0` as one `/0` subnet) leaves nothing.
+            Some(n) => (self.last - n)
+                .checked_shr(u32::from(self.step_shift))
+                .unwrap_or(0)
+                .saturating_add(1),
         }
     }
 }
@@ -592,6 +596,12 @@ mod tests {
         assert_eq!(top6.mask(), u128::MAX);
         assert_eq!(all6.subnets(128).unwrap().remaining(), u128::MAX);
         assert_eq!(all6.subnets(1).unwrap().count(), 2);
+        // Found by proptest: `::/0` as a single `/0` subnet.
+        let whole = all6.subnets(0).unwrap();
+        assert_eq!(whole.remaining(), 1);
+        assert_eq!(whole.size_hint(), (1, Some(1)));
+        assert_eq!(whole.collect::<Vec<_>>(), [all6]);
+        assert_eq!(all4.subnets(0).unwrap().remaining(), 1);
         assert_eq!(all4.subnets(32).unwrap().remaining(), 1 << 32);
         let mut top = v4("255.255.255.0/24").subnets(30).unwrap();
         assert_eq!(top.remaining(), 64);
