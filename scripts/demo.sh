@@ -34,7 +34,7 @@ case "$BACKEND" in vxlan|host-gw) ;; *) echo "--backend must be vxlan or host-gw
 START=$(date +%s.%N)
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-PACKAGES=(iproute2 iputils-ping containernetworking-plugins protobuf-compiler libprotobuf-dev)
+PACKAGES=(iproute2 iputils-ping iptables containernetworking-plugins protobuf-compiler libprotobuf-dev)
 [ "$USE_ETCD" = 1 ] && PACKAGES+=(etcd-server etcd-client)
 missing=()
 for p in "${PACKAGES[@]}"; do
