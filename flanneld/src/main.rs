@@ -48,8 +48,9 @@ fn init_logging(v: i32) {
 fn run(opts: Options) -> ExitCode {
     init_logging(opts.v);
     tracing::info!("CLI flags config: {opts:?}");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: flanneld's work is all async I/O, and every extra thread
+    // that allocates gets its own glibc malloc arena (resident memory).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
