@@ -20,7 +20,7 @@
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON lines.
 
 use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchOptions};
-use flannel_benches::{Figure, Res, err, flanneld_bin, in_ns, median_ms};
+use flannel_benches::{Daemon, Figure, Res, err, flanneld_bin, in_ns, median_ms};
 use flannel_netlink::{Family, Netlink};
 use flannel_testutil::etcd::EtcdServer;
 use flannel_testutil::netns::{NetNs, Topology};
@@ -31,10 +31,9 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::AsyncSocket;
 use rtnetlink::MulticastGroup;
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
+use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -49,54 +48,6 @@ const DEV: &str = "flannel.1";
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Receive buffer of the route monitor socket: a burst must not overflow it.
 const MONITOR_RCVBUF: usize = 8 << 20;
-
-/// One flanneld, SIGKILLed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(bin: &Path, ns: &NetNs, dir: &Path, endpoint: &str) -> Res<Daemon> {
-        let log = dir.join("flanneld.log");
-        let out = File::create(&log).map_err(err)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()])
-            .arg(bin)
-            .arg("--iface=eth0")
-            .arg(format!(
-                "--subnet-file={}",
-                dir.join("subnet.env").display()
-            ))
-            .arg(format!("--etcd-endpoints={endpoint}"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().map_err(err)?)
-            .stderr(out);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("FLANNELD_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env_remove("NOTIFY_SOCKET")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1");
-        let child = cmd.spawn().map_err(|e| format!("spawning flanneld: {e}"))?;
-        Ok(Daemon { child, log })
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn netlink() -> Res<Netlink> {
     let (nl, conn) = Netlink::connect().map_err(err)?;
@@ -428,26 +379,9 @@ fn wait_routes(ns: &NetNs, n: usize) -> Res<()> {
     })
 }
 
-fn wait_env(daemon: &mut Daemon, env: &Path) -> Res<()> {
-    let deadline = Instant::now() + TIMEOUT;
-    while !env.is_file() {
-        if let Ok(Some(status)) = daemon.child.try_wait() {
-            return Err(format!(
-                "flanneld exited ({status}); log:\n{}",
-                daemon.log_tail()
-            ));
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no subnet.env; log:\n{}", daemon.log_tail()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
 fn bench(topo: &Topology, endpoint: &str, daemons: &mut [Daemon], dir: &Path) -> Res<Vec<Figure>> {
     for (i, d) in daemons.iter_mut().enumerate() {
-        wait_env(d, &dir.join(format!("h{}", i + 1)).join("subnet.env"))
+        d.wait_env(&dir.join(format!("h{}", i + 1)).join("subnet.env"), TIMEOUT)
             .map_err(|e| format!("host {}: {e}", i + 1))?;
     }
     for h in &topo.hosts {

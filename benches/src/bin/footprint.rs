@@ -16,14 +16,14 @@
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON lines.
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use flannel_benches::{Figure, Res, err, flanneld_bin, in_ns, median_ms};
+use flannel_benches::{Daemon, Figure, Res, err, flanneld_bin, in_ns, median_ms};
 use flannel_netlink::{Family, Netlink};
 use flannel_testutil::etcd::EtcdServer;
 use flannel_testutil::netns::{NetNs, Topology};
-use std::fs::{self, File};
+use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const STARTS: usize = 5;
@@ -34,102 +34,6 @@ const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": 
 const DEV: &str = "flannel.1";
 const TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(1);
-
-/// One flanneld, SIGKILLed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(bin: &Path, ns: &NetNs, dir: &Path, endpoint: &str) -> Res<Daemon> {
-        let log = dir.join("flanneld.log");
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(err)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns.name()])
-            .arg(bin)
-            .arg("--iface=eth0")
-            .arg(format!(
-                "--subnet-file={}",
-                dir.join("subnet.env").display()
-            ))
-            .arg(format!("--etcd-endpoints={endpoint}"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().map_err(err)?)
-            .stderr(out);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("FLANNELD_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env_remove("NOTIFY_SOCKET")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1");
-        let child = cmd.spawn().map_err(|e| format!("spawning flanneld: {e}"))?;
-        Ok(Daemon { child, log })
-    }
-
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    fn check_alive(&mut self) -> Res<()> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Err(format!(
-                "flanneld exited ({status}); log:\n{}",
-                self.log_tail()
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Polls (every millisecond) until `env` exists.
-    fn wait_env(&mut self, env: &Path) -> Res<()> {
-        let deadline = Instant::now() + TIMEOUT;
-        while !env.is_file() {
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                return Err(format!("no subnet.env; log:\n{}", self.log_tail()));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-
-    /// VmRSS and VmHWM in MiB.
-    fn rss_mib(&mut self) -> Res<(f64, f64)> {
-        self.check_alive()?;
-        let pid = self.child.id();
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).map_err(err)?;
-        if comm.trim() != "flanneld" {
-            return Err(format!("pid {pid} is {comm:?}, not flanneld"));
-        }
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(err)?;
-        let field = |name: &str| -> Res<f64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|kb| kb.parse::<f64>().ok())
-                .map(|kb| kb / 1024.0)
-                .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Waits until `flannel.1` in `ns` carries `n` routes; returns how long
 /// that took.
@@ -210,7 +114,7 @@ fn rss_with(bin: &Path, host: &NetNs, hd: &Path, endpoint: &str, routes: usize) 
     let env = hd.join("subnet.env");
     reset(host, &env);
     let mut d = Daemon::start(bin, host, hd, endpoint)?;
-    d.wait_env(&env)?;
+    d.wait_env(&env, TIMEOUT)?;
     let took = wait_routes(host, routes, &mut d)?;
     std::thread::sleep(SETTLE);
     let (rss, hwm) = d.rss_mib()?;
@@ -250,7 +154,7 @@ fn bench(topo: &Topology, endpoint: &str, dir: &Path, n: usize) -> Res<Vec<Figur
         reset(host, &env);
         let t = Instant::now();
         let mut d = Daemon::start(&bin, host, &hd, endpoint)?;
-        d.wait_env(&env)?;
+        d.wait_env(&env, TIMEOUT)?;
         let o = t.elapsed();
         drop(d);
 
