@@ -18,6 +18,7 @@
 # Run as root on Debian; it installs what it needs and builds in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 ROOT=$(pwd)
 
 case "${1:-}" in -h|--help) sed -n '2,18p' "$0"; exit 0 ;; esac
@@ -30,18 +31,9 @@ STREAMS=(1 4)
 BACKENDS=(vxlan host-gw)
 
 START=$(date +%s.%N)
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 PACKAGES=(iproute2 iputils-ping iperf3 jq containernetworking-plugins protobuf-compiler libprotobuf-dev)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+ensure_packages "${PACKAGES[@]}"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 
 say "building flanneld and the flannel CNI plugin (release)"

@@ -22,6 +22,7 @@
 # then 1.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
+. scripts/lib.sh
 ROOT=$(pwd)
 
 case "${1:-}" in -h|--help) sed -n '2,23p' "$0"; exit 0 ;; esac
@@ -30,20 +31,10 @@ case "${1:-}" in -h|--help) sed -n '2,23p' "$0"; exit 0 ;; esac
 DATAPATH_SECS=${BENCH_DATAPATH_SECS:-5}
 
 START=$(date +%s.%N)
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 PACKAGES=(iproute2 iputils-ping iperf3 jq etcd-server containernetworking-plugins iptables
           protobuf-compiler libprotobuf-dev)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || { echo "apt-get install failed" >&2; exit 1; }
-fi
+ensure_packages "${PACKAGES[@]}" || exit 1
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 
 say "building flanneld, the flannel CNI plugin and the benches (release)"

@@ -12,6 +12,7 @@
 # Run as root on Debian; it installs what it needs and builds in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 ROOT=$(pwd)
 
 BACKEND=vxlan
@@ -32,19 +33,10 @@ case "$BACKEND" in vxlan|host-gw) ;; *) echo "--backend must be vxlan or host-gw
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root (network namespaces)" >&2; exit 1; }
 
 START=$(date +%s.%N)
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 PACKAGES=(iproute2 iputils-ping iptables containernetworking-plugins protobuf-compiler libprotobuf-dev)
 [ "$USE_ETCD" = 1 ] && PACKAGES+=(etcd-server etcd-client)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+ensure_packages "${PACKAGES[@]}"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 
 say "building flanneld and the flannel CNI plugin (release)"

@@ -10,26 +10,16 @@
 # fuzz run of every parser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 # etcd-server: real etcd for the subnet manager tests; protobuf-compiler and
 # libprotobuf-dev: etcd-client's build; containernetworking-plugins: the real
-# bridge/host-local CNI plugins; iproute2/iptables/nftables: datapath tests;
+# bridge/host-local CNI plugins; iproute2/iputils-ping/iptables/nftables:
+# datapath and end-to-end tests;
 # curl: TLS checks against etcd.
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
-          iproute2 iptables nftables curl ca-certificates)
-missing=()
-for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
-        echo "==> installing Debian packages: ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        echo "==> WARNING: missing Debian packages (run as root to install): ${missing[*]}" >&2
-    fi
-fi
+          iproute2 iputils-ping iptables nftables curl ca-certificates)
+ensure_packages "${PACKAGES[@]}"
 
 step() { echo; echo "==> $*"; }
 
