@@ -73,25 +73,7 @@ fn assert_distinct(subnets: &[String]) {
 /// Waits until host `i` has the vxlan route, neighbour and FDB entry for
 /// host `j` (subnet `net`, VTEP `mac`, public IP `pub_ip`) on `dev`.
 fn wait_vxlan_peer(c: &Cluster, i: usize, dev: &str, net: &str, mac: &str, pub_ip: &str) {
-    let want_route = format!("{net}/24 via {net} dev {dev} onlink");
-    let want_neigh = format!("{net} lladdr {mac} PERMANENT");
-    let want_fdb = format!("{mac} dst {pub_ip} self permanent");
-    let res = wait_until(CONVERGE, || {
-        let route = c.route_to(i, &format!("{net}/24")).unwrap_or_default();
-        let neighs = c.neighs(i, dev);
-        let fdb = c.fdb(i, dev);
-        if route == want_route
-            && neighs.lines().any(|l| l.trim() == want_neigh)
-            && fdb.lines().any(|l| l.trim() == want_fdb)
-        {
-            Ok(())
-        } else {
-            Err(format!(
-                "route {route:?} (want {want_route:?}); neigh {neighs:?} (want {want_neigh:?}); \
-                 fdb {fdb:?} (want {want_fdb:?})"
-            ))
-        }
-    });
+    let res = wait_until(CONVERGE, || c.vxlan_peer_state(i, dev, net, mac, pub_ip));
     if let Err(e) = res {
         panic!("host {}: vxlan state for {net}: {e}", i + 1);
     }

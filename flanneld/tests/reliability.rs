@@ -147,36 +147,7 @@ fn lease_net(c: &mut Cluster, i: usize) -> String {
     v4_subnet(first).0.to_string()
 }
 
-/// Host `i`'s vxlan state for peer `net` on `flannel.1`: route, permanent
-/// neighbour and FDB entry, exactly as flannel programs them.
-fn vxlan_peer_state(
-    c: &Cluster,
-    i: usize,
-    net: &str,
-    mac: &str,
-    pub_ip: &str,
-) -> Result<(), String> {
-    let dev = "flannel.1";
-    let want_route = format!("{net}/24 via {net} dev {dev} onlink");
-    let want_neigh = format!("{net} lladdr {mac} PERMANENT");
-    let want_fdb = format!("{mac} dst {pub_ip} self permanent");
-    let route = c.route_to(i, &format!("{net}/24")).unwrap_or_default();
-    let neighs = c.neighs(i, dev);
-    let fdb = c.fdb(i, dev);
-    if route == want_route
-        && neighs.lines().any(|l| l.trim() == want_neigh)
-        && fdb.lines().any(|l| l.trim() == want_fdb)
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "route {route:?} (want {want_route:?}); neigh {neighs:?} (want {want_neigh:?}); \
-             fdb {fdb:?} (want {want_fdb:?})"
-        ))
-    }
-}
-
-/// Waits up to `within` for [`vxlan_peer_state`]; returns the time taken.
+/// Waits up to `within` for [`Cluster::vxlan_peer_state`] on `flannel.1`; returns the time taken.
 fn wait_vxlan_peer(
     c: &Cluster,
     i: usize,
@@ -185,7 +156,9 @@ fn wait_vxlan_peer(
     pub_ip: &str,
     within: Duration,
 ) -> Duration {
-    match wait_until(within, || vxlan_peer_state(c, i, net, mac, pub_ip)) {
+    match wait_until(within, || {
+        c.vxlan_peer_state(i, "flannel.1", net, mac, pub_ip)
+    }) {
         Ok(((), took)) => took,
         Err(e) => panic!("host {}: vxlan state for {net}: {e}", i + 1),
     }
@@ -476,7 +449,7 @@ fn etcd_outage_under_traffic() {
     let seen3: Vec<Duration> = (0..2)
         .map(|i| {
             wait_until(Duration::from_secs(10), || {
-                vxlan_peer_state(&c, i, &net3, &mac3, &pub3)
+                c.vxlan_peer_state(i, "flannel.1", &net3, &mac3, &pub3)
             })
             .map(|((), _)| joined.elapsed())
             .unwrap_or_else(|e| panic!("host {}: host 3 (joined after the outage): {e}", i + 1))
@@ -590,7 +563,7 @@ fn admin_damage_is_repaired() {
     c.ping_all_pairs(false);
     let repaired = |c: &Cluster| {
         vtep_state(c, 0, &nets[0], &macs[0])?;
-        vxlan_peer_state(c, 0, &nets[1], &macs[1], &pub2)
+        c.vxlan_peer_state(0, "flannel.1", &nets[1], &macs[1], &pub2)
     };
 
     // 1. The VTEP itself.
@@ -747,7 +720,7 @@ fn stale_state_is_collected_at_start() {
             .find(|l| l.contains(STALE_MAC) || l.contains(STALE_VTEP))
             .map(str::to_owned);
         match (&route, &neigh, &fdb) {
-            (None, None, None) => vxlan_peer_state(c, 0, &net2, &mac2, &pub2),
+            (None, None, None) => c.vxlan_peer_state(0, "flannel.1", &net2, &mac2, &pub2),
             _ => Err(format!(
                 "stale: route {route:?} neigh {neigh:?} fdb {fdb:?}"
             )),
@@ -797,7 +770,7 @@ fn sigterm_restart_keeps_readiness_and_routes() {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
         other => panic!("host 1: /readyz after exit: want connection refused, got {other:?}"),
     }
-    vxlan_peer_state(&c, 0, &nets[1], &macs[1], &pub2)
+    c.vxlan_peer_state(0, "flannel.1", &nets[1], &macs[1], &pub2)
         .unwrap_or_else(|e| panic!("host 1: datapath not kept after SIGTERM: {e}"));
     vtep_state(&c, 0, &nets[0], &macs[0])
         .unwrap_or_else(|e| panic!("host 1: VTEP not kept after SIGTERM: {e}"));
@@ -818,7 +791,7 @@ fn sigterm_restart_keeps_readiness_and_routes() {
         macs[0],
         "host 1: VTEP MAC after restart"
     );
-    vxlan_peer_state(&c, 0, &nets[1], &macs[1], &pub2)
+    c.vxlan_peer_state(0, "flannel.1", &nets[1], &macs[1], &pub2)
         .unwrap_or_else(|e| panic!("host 1: datapath after restart: {e}"));
     eprintln!(
         "sigterm_restart_keeps_readiness_and_routes: exit {status}; /readyz 200 {took:?} after \

@@ -493,6 +493,35 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Host `i`'s vxlan state for peer `net` (a /24) on `dev`: route,
+    /// permanent neighbour and FDB entry, exactly as flannel programs them.
+    pub fn vxlan_peer_state(
+        &self,
+        i: usize,
+        dev: &str,
+        net: &str,
+        mac: &str,
+        pub_ip: &str,
+    ) -> Result<(), String> {
+        let want_route = format!("{net}/24 via {net} dev {dev} onlink");
+        let want_neigh = format!("{net} lladdr {mac} PERMANENT");
+        let want_fdb = format!("{mac} dst {pub_ip} self permanent");
+        let route = self.route_to(i, &format!("{net}/24")).unwrap_or_default();
+        let neighs = self.neighs(i, dev);
+        let fdb = self.fdb(i, dev);
+        if route == want_route
+            && neighs.lines().any(|l| l.trim() == want_neigh)
+            && fdb.lines().any(|l| l.trim() == want_fdb)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "route {route:?} (want {want_route:?}); neigh {neighs:?} (want {want_neigh:?}); \
+                 fdb {fdb:?} (want {want_fdb:?})"
+            ))
+        }
+    }
+
     /// The MAC address of `dev` on host `i`.
     pub fn mac(&self, i: usize, dev: &str) -> String {
         link_mac(&self.ip(i, &["-o", "link", "show", "dev", dev]))
