@@ -148,12 +148,8 @@ struct State {
 /// and [`serve`].
 #[derive(Default)]
 pub struct Health {
-    /// True once subnet.env is written (prefer
-    /// [`Health::set_subnet_file_written`]).
-    pub ready: AtomicBool,
-    /// The runner's status, once it runs (prefer [`Health::set_runner`],
-    /// which takes precedence).
-    pub runner: Mutex<Option<Arc<RunnerStatus>>>,
+    /// True once subnet.env is written.
+    subnet_file_written: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -190,11 +186,7 @@ impl Health {
     }
 
     fn view(&self) -> Option<Arc<dyn RunnerView>> {
-        if let Some(v) = self.lock().view.clone() {
-            return Some(v);
-        }
-        let legacy = self.runner.lock().unwrap_or_else(|e| e.into_inner());
-        legacy.clone().map(|r| r as Arc<dyn RunnerView>)
+        self.lock().view.clone()
     }
 
     /// The network config: sizes `flannel_subnets_total`.
@@ -210,7 +202,7 @@ impl Health {
 
     /// Whether subnet.env has been written.
     pub fn set_subnet_file_written(&self, written: bool) {
-        self.ready.store(written, Ordering::Relaxed);
+        self.subnet_file_written.store(written, Ordering::Relaxed);
     }
 
     /// The runner's status (normally `runner.status().clone()`).
@@ -290,7 +282,7 @@ impl Health {
             }
             Some(_) => {}
         }
-        if !self.ready.load(Ordering::Relaxed) {
+        if !self.subnet_file_written.load(Ordering::Relaxed) {
             return Err("subnet file not written".into());
         }
         match view {

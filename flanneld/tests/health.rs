@@ -160,9 +160,9 @@ fn healthz_turns_500_when_a_loop_stalls_and_recovers() {
 #[test]
 fn healthz_default_limit_tolerates_a_fresh_runner() {
     let h = Arc::new(Health::new());
-    // The daemon's current wiring: the legacy fields.
-    *h.runner.lock().unwrap() = Some(Arc::new(RunnerStatus::default()));
-    h.ready.store(true, Ordering::Relaxed);
+    // The daemon's wiring.
+    h.set_runner(Arc::new(RunnerStatus::default()));
+    h.set_subnet_file_written(true);
     let srv = start(h.clone());
     assert_eq!(get(srv.addr, "/healthz").code, 200);
     // RunnerStatus starts out of sync and without a lease.
