@@ -57,6 +57,10 @@ pub struct VxlanNetwork {
     options: VxlanOptions,
     ext_index: u32,
     devices: Vec<Device>,
+    /// DirectRouting decisions by peer public IP. Like Go, a peer's
+    /// reachability is decided when its lease event arrives; resyncs reuse the
+    /// decision instead of asking the kernel again for every lease.
+    direct: std::sync::Mutex<HashMap<IpAddr, Option<u32>>>,
 }
 
 impl VxlanNetwork {
@@ -191,6 +195,7 @@ impl VxlanNetwork {
             options,
             ext_index: iface.index,
             devices,
+            direct: Default::default(),
         };
         for i in 0..net.devices.len() {
             let dev = net.devices[i].clone();
@@ -247,29 +252,45 @@ impl VxlanNetwork {
     }
 
     /// The external interface when DirectRouting applies to `public_ip`:
-    /// `ip route get` gives exactly one route without a gateway.
-    async fn direct_oif(&self, public_ip: IpAddr) -> Option<u32> {
+    /// `ip route get` gives exactly one route without a gateway. `fresh`
+    /// asks the kernel again (a lease event); otherwise a decision made
+    /// before is reused.
+    async fn direct_oif(&self, public_ip: IpAddr, fresh: bool) -> Option<u32> {
         if !self.options.direct_routing {
             return None;
         }
-        match self.netlink.route_get(public_ip).await {
+        let cached = self
+            .direct
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&public_ip)
+            .copied();
+        if let (false, Some(oif)) = (fresh, cached) {
+            return oif;
+        }
+        let oif = match self.netlink.route_get(public_ip).await {
             Ok(routes) if routes.len() == 1 && routes[0].gateway.is_none() => routes[0].oif,
             Ok(_) => None,
             Err(e) => {
                 warn!("ip route get {public_ip}: {e}");
-                None
+                return None;
             }
-        }
+        };
+        self.direct
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(public_ip, oif);
+        oif
     }
 
-    async fn peer(&self, lease: &Lease, dev: &Device) -> Result<Peer, Skip> {
+    async fn peer(&self, lease: &Lease, dev: &Device, fresh: bool) -> Result<Peer, Skip> {
         let public = if dev.v6 {
             lease.attrs.public_ipv6.map(IpAddr::V6)
         } else {
             Some(IpAddr::V4(lease.attrs.public_ip))
         };
         let direct = match public {
-            Some(ip) if lease.attrs.backend_type == TYPE => self.direct_oif(ip).await,
+            Some(ip) if lease.attrs.backend_type == TYPE => self.direct_oif(ip, fresh).await,
             _ => None,
         };
         peer_for(lease, dev.v6, dev.index, direct)
@@ -383,7 +404,7 @@ impl VxlanNetwork {
         // (neighbours, fdb entries, routes) put (back) in place.
         let mut fixed = (0usize, 0usize, 0usize);
         for lease in leases {
-            match self.peer(lease, dev).await {
+            match self.peer(lease, dev, false).await {
                 Ok(p) => peers.push(p),
                 Err(Skip::NoFamily) => {}
                 Err(Skip::OtherType(t)) => {
@@ -529,7 +550,10 @@ impl Network for VxlanNetwork {
         let mut errors = Vec::new();
         for event in events {
             for dev in &self.devices {
-                let peer = match self.peer(&event.lease, dev).await {
+                let peer = match self
+                    .peer(&event.lease, dev, event.kind == EventKind::Added)
+                    .await
+                {
                     Ok(p) => p,
                     Err(Skip::NoFamily) => continue,
                     Err(Skip::OtherType(t)) => {
