@@ -6,21 +6,24 @@
 //! for IPv4 and IPv6. All nodes must share one L2 segment, so host-gw refuses
 //! to run behind NAT (public IP ≠ interface IP) with Go's message.
 //!
-//! The desired routes are a pure function of the leases ([`desired_routes`]);
-//! [`HostGwNetwork::resync`] reconciles them with the kernel every
-//! [`RESYNC_INTERVAL`], restoring a deleted route and removing routes of
-//! leases that are gone. Shutdown leaves the routes in place.
+//! The backend is a [`RouteNetwork`]: the desired routes are a pure function
+//! of the leases ([`desired_routes`]), applied on lease events and
+//! reconciled with the kernel every [`RESYNC_INTERVAL`] (a deleted route comes
+//! back, routes of leases that are gone are removed). Only routes host-gw
+//! owns ([`owns`]: `proto boot`, via a gateway on the external interface,
+//! inside the configured networks) are ever changed. Shutdown leaves the
+//! routes in place.
+//!
+//! The host context must carry a [`SharedOps`] (the daemon's netlink
+//! handle), as every kernel backend's does.
 
-use flannel_core::backend::{
-    Backend, BackendError, ExternalInterface, Network, RegisterContext, follow_renewal,
-};
-use flannel_core::event::{EventKind, LeaseEvent};
+use flannel_core::backend::{Backend, BackendError, ExternalInterface, Network, RegisterContext};
+use flannel_core::config::NetConfig;
 use flannel_core::ip::{Cidr, Family as IpFamily};
 use flannel_core::lease::{Lease, LeaseAttrs};
-use flannel_netlink::{Family, Netlink, RTPROT_BOOT, Route, reconcile_routes};
+use flannel_netlink::{RTPROT_BOOT, Route, RouteNetwork, SharedOps, ops_from_host};
 use std::net::IpAddr;
 use std::time::Duration;
-use tracing::info;
 
 /// The backend type string.
 pub const TYPE: &str = "host-gw";
@@ -79,17 +82,24 @@ fn in_net<F: IpFamily>(net: Option<Cidr<F>>, ip: IpAddr) -> bool {
     }
 }
 
-/// The host-gw backend.
-pub struct HostGwBackend {
-    netlink: Netlink,
+/// Whether a kernel route is host-gw's: `proto boot`, via a gateway on the
+/// external interface `oif`, to a destination inside the configured
+/// networks, and not our own subnet.
+pub fn owns(route: &Route, config: &NetConfig, lease: &Lease, oif: u32) -> bool {
+    let own = [
+        lease.subnet.map(|n| n.addr().to_ip()),
+        lease.ipv6_subnet.map(|n| n.addr().to_ip()),
+    ];
+    route.protocol == RTPROT_BOOT
+        && route.oif == Some(oif)
+        && route.gateway.is_some()
+        && !own.contains(&Some(route.dst))
+        && (in_net(config.network, route.dst) || in_net(config.ipv6_network, route.dst))
 }
 
-impl HostGwBackend {
-    /// A backend programming routes through `netlink`.
-    pub fn new(netlink: Netlink) -> HostGwBackend {
-        HostGwBackend { netlink }
-    }
-}
+/// The host-gw backend.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostGwBackend;
 
 /// Refuses NAT: the public address must be the interface's, per family.
 pub fn check_no_nat(iface: &ExternalInterface) -> Result<(), BackendError> {
@@ -97,6 +107,48 @@ pub fn check_no_nat(iface: &ExternalInterface) -> Result<(), BackendError> {
         return Err(BackendError::Refused(NAT_REFUSAL.to_string()));
     }
     Ok(())
+}
+
+/// The lease attributes host-gw publishes for `iface`.
+pub fn lease_attrs(
+    config: &NetConfig,
+    iface: &ExternalInterface,
+) -> Result<LeaseAttrs, BackendError> {
+    let missing = |v: u8| {
+        BackendError::Refused(format!(
+            "IPv{v} is enabled but {} has no IPv{v} address",
+            iface.name
+        ))
+    };
+    let mut attrs = LeaseAttrs {
+        backend_type: TYPE.to_string(),
+        ..LeaseAttrs::default()
+    };
+    if config.enable_ipv4 {
+        attrs.public_ip = iface.ext_addr.ok_or_else(|| missing(4))?;
+    }
+    if config.enable_ipv6 {
+        attrs.public_ipv6 = Some(iface.ext_v6_addr.ok_or_else(|| missing(6))?);
+    }
+    Ok(attrs)
+}
+
+/// The host-gw network for `lease` (already acquired) on `iface`.
+pub fn network(
+    ops: SharedOps,
+    config: &NetConfig,
+    iface: &ExternalInterface,
+    lease: Lease,
+) -> RouteNetwork {
+    let (v4, v6, oif) = (config.enable_ipv4, config.enable_ipv6, iface.index);
+    let owner_cfg = config.clone();
+    let owner_lease = lease.clone();
+    RouteNetwork::builder(ops, TYPE, lease, iface.mtu)
+        .families(v4, v6)
+        .routes(move |l| (l.attrs.backend_type == TYPE).then(|| desired_routes(&[l], v4, v6, oif)))
+        .owner(move |r| owns(r, &owner_cfg, &owner_lease, oif))
+        .resync_every(Some(RESYNC_INTERVAL))
+        .build()
 }
 
 #[async_trait::async_trait]
@@ -109,166 +161,11 @@ impl Backend for HostGwBackend {
         &self,
         ctx: &RegisterContext<'_>,
     ) -> Result<Box<dyn Network>, BackendError> {
-        let iface = ctx.ext_iface;
-        check_no_nat(iface)?;
-        let mut attrs = LeaseAttrs {
-            backend_type: TYPE.to_string(),
-            ..LeaseAttrs::default()
-        };
-        if ctx.config.enable_ipv4 {
-            attrs.public_ip = iface.ext_addr.ok_or_else(|| {
-                BackendError::Refused(format!(
-                    "IPv4 is enabled but {} has no IPv4 address",
-                    iface.name
-                ))
-            })?;
-        }
-        if ctx.config.enable_ipv6 {
-            attrs.public_ipv6 = Some(iface.ext_v6_addr.ok_or_else(|| {
-                BackendError::Refused(format!(
-                    "IPv6 is enabled but {} has no IPv6 address",
-                    iface.name
-                ))
-            })?);
-        }
+        let ops = ops_from_host(ctx.host, TYPE)?;
+        check_no_nat(ctx.ext_iface)?;
+        let attrs = lease_attrs(ctx.config, ctx.ext_iface)?;
         let lease = ctx.acquire_lease(attrs).await?;
-        Ok(Box::new(HostGwNetwork {
-            netlink: self.netlink.clone(),
-            lease,
-            mtu: iface.mtu,
-            oif: iface.index,
-            v4: ctx.config.enable_ipv4,
-            v6: ctx.config.enable_ipv6,
-            network: ctx.config.network,
-            ipv6_network: ctx.config.ipv6_network,
-        }))
-    }
-}
-
-/// The registered host-gw network.
-pub struct HostGwNetwork {
-    netlink: Netlink,
-    lease: Lease,
-    mtu: u32,
-    oif: u32,
-    v4: bool,
-    v6: bool,
-    network: Option<flannel_core::ip::Ip4Net>,
-    ipv6_network: Option<flannel_core::ip::Ip6Net>,
-}
-
-#[async_trait::async_trait]
-impl Network for HostGwNetwork {
-    fn lease(&self) -> &Lease {
-        &self.lease
-    }
-
-    fn mtu(&self) -> u32 {
-        self.mtu
-    }
-
-    async fn handle_events(&mut self, events: &[LeaseEvent]) -> Result<(), BackendError> {
-        let mut errors = Vec::new();
-        for event in events {
-            if event.kind == EventKind::Added && event.lease.attrs.backend_type != TYPE {
-                info!(
-                    "Ignoring non-host-gw subnet: type={}",
-                    event.lease.attrs.backend_type
-                );
-                continue;
-            }
-            for v6 in [false, true]
-                .into_iter()
-                .filter(|v6| if *v6 { self.v6 } else { self.v4 })
-            {
-                let route = match event.kind {
-                    EventKind::Added => route_for(&event.lease, v6, self.oif),
-                    // A removal may carry only the key: delete by destination.
-                    EventKind::Removed => {
-                        let sn = if v6 {
-                            event
-                                .lease
-                                .ipv6_subnet
-                                .map(|n| (n.addr().to_ip(), n.prefix_len()))
-                        } else {
-                            event
-                                .lease
-                                .subnet
-                                .map(|n| (n.addr().to_ip(), n.prefix_len()))
-                        };
-                        sn.map(|(d, p)| Route {
-                            oif: Some(self.oif),
-                            ..Route::unicast(d, p)
-                        })
-                    }
-                };
-                let Some(route) = route else { continue };
-                let what = format!(
-                    "route {}/{} via {:?} dev index {}",
-                    route.dst, route.prefix, route.gateway, self.oif
-                );
-                let result = match event.kind {
-                    EventKind::Added => self.netlink.replace_route(&route).await,
-                    EventKind::Removed => self.netlink.del_route(&route).await,
-                };
-                if let Err(e) = result {
-                    errors.push(BackendError::datapath(what, e));
-                }
-            }
-        }
-        BackendError::collect(errors)
-    }
-
-    async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError> {
-        let desired = desired_routes(leases, self.v4, self.v6, self.oif);
-        let own = [
-            self.lease.subnet.map(|n| n.addr().to_ip()),
-            self.lease.ipv6_subnet.map(|n| n.addr().to_ip()),
-        ];
-        let mut errors = Vec::new();
-        for (enabled, family) in [(self.v4, Family::V4), (self.v6, Family::V6)] {
-            if !enabled {
-                continue;
-            }
-            let have = match self.netlink.routes(family).await {
-                Ok(h) => h,
-                Err(e) => {
-                    errors.push(BackendError::datapath("route dump", e));
-                    continue;
-                }
-            };
-            let (net4, net6, oif) = (self.network, self.ipv6_network, self.oif);
-            let wanted: Vec<Route> = desired
-                .iter()
-                .filter(|r| Family::of(r.dst) == family)
-                .cloned()
-                .collect();
-            let plan = reconcile_routes(&wanted, &have, |r: &Route| {
-                r.protocol == RTPROT_BOOT
-                    && r.oif == Some(oif)
-                    && r.gateway.is_some()
-                    && !own.contains(&Some(r.dst))
-                    && (in_net(net4, r.dst) || in_net(net6, r.dst))
-            });
-            for r in &plan.replace {
-                info!(
-                    "Route to {}/{} via {:?} is missing or wrong; restoring it",
-                    r.dst, r.prefix, r.gateway
-                );
-            }
-            if let Err(e) = self.netlink.apply_routes(&plan).await {
-                errors.push(BackendError::datapath("routes", e));
-            }
-        }
-        BackendError::collect(errors)
-    }
-
-    fn resync_interval(&self) -> Option<Duration> {
-        Some(RESYNC_INTERVAL)
-    }
-
-    async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
-        follow_renewal(&mut self.lease, lease, TYPE)
+        Ok(Box::new(network(ops, ctx.config, ctx.ext_iface, lease)))
     }
 }
 
@@ -322,5 +219,170 @@ mod tests {
         assert!(check_no_nat(&iface).is_ok());
         iface.ext_addr = Some([203, 0, 113, 1].into());
         assert_eq!(check_no_nat(&iface).unwrap_err().to_string(), NAT_REFUSAL);
+    }
+
+    mod on_fake_kernel {
+        use super::*;
+        use flannel_core::event::LeaseEvent;
+        use flannel_netlink::fake::FakeNetlink;
+        use std::sync::Arc;
+
+        const ETH0: u32 = 2;
+
+        fn setup() -> (Arc<FakeNetlink>, RouteNetwork, NetConfig) {
+            let nl = Arc::new(FakeNetlink::new());
+            assert_eq!(nl.add_link("eth0", 1500), ETH0);
+            let mut config = NetConfig::parse(
+                r#"{"Network":"10.5.0.0/16","IPv6Network":"fd00:5::/48","EnableIPv6":true,"Backend":{"Type":"host-gw"}}"#,
+            )
+            .unwrap();
+            config.check().unwrap();
+            let iface = ExternalInterface {
+                name: "eth0".into(),
+                index: ETH0,
+                mtu: 1500,
+                iface_addr: Some([192, 168, 100, 1].into()),
+                iface_v6_addr: Some("fd00:100::1".parse().unwrap()),
+                ext_addr: Some([192, 168, 100, 1].into()),
+                ext_v6_addr: Some("fd00:100::1".parse().unwrap()),
+            };
+            let own = lease(
+                "10.5.1.0-24&fd00:5:0:1::-64",
+                r#"{"PublicIP":"192.168.100.1","PublicIPv6":"fd00:100::1","BackendType":"host-gw"}"#,
+            );
+            let ops: SharedOps = nl.clone();
+            (nl.clone(), network(ops, &config, &iface, own), config)
+        }
+
+        fn peer(n: u8) -> Lease {
+            lease(
+                &format!("10.5.{n}.0-24&fd00:5:0:{n}::-64"),
+                &format!(
+                    r#"{{"PublicIP":"192.168.100.{n}","PublicIPv6":"fd00:100::{n}","BackendType":"host-gw"}}"#
+                ),
+            )
+        }
+
+        #[tokio::test]
+        async fn events_program_and_remove_routes_without_listing() {
+            let (nl, mut net, _) = setup();
+            let (a, b) = (peer(2), peer(3));
+            net.handle_events(&[LeaseEvent::added(a.clone())], &[&a])
+                .await
+                .unwrap();
+            assert_eq!(
+                nl.take_calls(),
+                [
+                    "route replace 10.5.2.0/24 via 192.168.100.2 dev if2",
+                    "route replace fd00:5:0:2::/64 via fd00:100::2 dev if2",
+                ]
+            );
+            net.handle_events(&[LeaseEvent::added(b.clone())], &[&a, &b])
+                .await
+                .unwrap();
+            assert_eq!(nl.take_calls().len(), 2, "only the new lease's routes");
+            net.handle_events(&[LeaseEvent::removed(a.clone())], &[&b])
+                .await
+                .unwrap();
+            assert_eq!(
+                nl.take_calls(),
+                [
+                    "route del 10.5.2.0/24 via 192.168.100.2 dev if2",
+                    "route del fd00:5:0:2::/64 via fd00:100::2 dev if2",
+                ]
+            );
+            // A vxlan lease is ignored.
+            let v = lease(
+                "10.5.9.0-24",
+                r#"{"PublicIP":"192.168.100.9","PublicIPv6":null,"BackendType":"vxlan"}"#,
+            );
+            net.handle_events(&[LeaseEvent::added(v.clone())], &[&b, &v])
+                .await
+                .unwrap();
+            assert!(nl.take_calls().is_empty());
+        }
+
+        #[tokio::test]
+        async fn resync_repairs_drift_and_collects_garbage_but_leaves_foreign_routes() {
+            let (nl, mut net, _) = setup();
+            let (a, b) = (peer(2), peer(3));
+            // Left by a previous run: a route of a lease that is gone.
+            let mut stale = Route::unicast("10.5.7.0".parse().unwrap(), 24);
+            stale.gateway = Some("192.168.100.7".parse().unwrap());
+            stale.oif = Some(ETH0);
+            nl.insert_route(stale);
+            // Not ours: the underlay's connected route, and an admin's
+            // static route into the overlay.
+            let mut connected = Route::unicast("192.168.100.0".parse().unwrap(), 24);
+            connected.protocol = flannel_netlink::RTPROT_KERNEL;
+            connected.oif = Some(ETH0);
+            nl.insert_route(connected.clone());
+            let mut admin = Route::unicast("10.5.3.0".parse().unwrap(), 24);
+            admin.protocol = flannel_netlink::RTPROT_STATIC;
+            admin.gateway = Some("192.168.100.50".parse().unwrap());
+            admin.oif = Some(ETH0);
+            nl.insert_route(admin.clone());
+
+            net.resync(&[&a, &b]).await.unwrap();
+            let routes = nl.routes_now();
+            assert!(routes.contains(&connected));
+            assert!(routes.contains(&admin), "a foreign route is never replaced");
+            assert!(
+                !routes.iter().any(|r| r.dst.to_string() == "10.5.7.0"),
+                "stale route removed"
+            );
+            assert!(routes.iter().any(|r| r.dst.to_string() == "10.5.2.0"));
+            assert!(routes.iter().any(|r| r.dst.to_string() == "fd00:5:0:3::"));
+
+            // No drift: a resync lists and writes nothing.
+            nl.take_calls();
+            net.resync(&[&a, &b]).await.unwrap();
+            assert!(nl.take_writes().is_empty());
+
+            // An admin deletes a route: the resync puts it back.
+            nl.remove_route("10.5.2.0".parse().unwrap(), 24);
+            net.resync(&[&a, &b]).await.unwrap();
+            assert_eq!(
+                nl.take_writes(),
+                ["route replace 10.5.2.0/24 via 192.168.100.2 dev if2"]
+            );
+        }
+
+        #[tokio::test]
+        async fn a_lease_outside_the_network_is_never_programmed() {
+            let (nl, mut net, _) = setup();
+            let hostile = lease(
+                "192.168.100.0-24",
+                r#"{"PublicIP":"192.168.100.66","PublicIPv6":null,"BackendType":"host-gw"}"#,
+            );
+            net.handle_events(&[LeaseEvent::added(hostile.clone())], &[&hostile])
+                .await
+                .unwrap();
+            net.resync(&[&hostile]).await.unwrap();
+            assert!(nl.take_writes().is_empty());
+        }
+
+        #[tokio::test]
+        async fn failures_are_reported_and_retried_by_the_next_pass() {
+            let (nl, mut net, _) = setup();
+            let a = peer(2);
+            nl.fail_on("route replace 10.5.2.0/24");
+            let e = net
+                .handle_events(&[LeaseEvent::added(a.clone())], &[&a])
+                .await
+                .unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("route 10.5.2.0/24 via 192.168.100.2 dev if2: "),
+                "{e}"
+            );
+            nl.clear_failures();
+            nl.take_calls();
+            net.resync(&[&a]).await.unwrap();
+            assert_eq!(
+                nl.take_writes(),
+                ["route replace 10.5.2.0/24 via 192.168.100.2 dev if2"]
+            );
+        }
     }
 }

@@ -29,19 +29,12 @@ pub use network::VxlanNetwork;
 pub use options::{TYPE, VxlanLeaseData, VxlanOptions};
 
 use flannel_core::backend::{Backend, BackendError, Network, RegisterContext};
-use flannel_netlink::Netlink;
+use flannel_netlink::ops_from_host;
 
-/// The vxlan backend: a factory for [`VxlanNetwork`].
-pub struct VxlanBackend {
-    netlink: Netlink,
-}
-
-impl VxlanBackend {
-    /// A backend programming the kernel through `netlink`.
-    pub fn new(netlink: Netlink) -> VxlanBackend {
-        VxlanBackend { netlink }
-    }
-}
+/// The vxlan backend: a factory for [`VxlanNetwork`]. The host context must
+/// carry a [`flannel_netlink::SharedOps`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VxlanBackend;
 
 #[async_trait::async_trait]
 impl Backend for VxlanBackend {
@@ -53,8 +46,7 @@ impl Backend for VxlanBackend {
         &self,
         ctx: &RegisterContext<'_>,
     ) -> Result<Box<dyn Network>, BackendError> {
-        Ok(Box::new(
-            VxlanNetwork::register(self.netlink.clone(), ctx).await?,
-        ))
+        let ops = ops_from_host(ctx.host, TYPE)?;
+        Ok(Box::new(VxlanNetwork::register(ops, ctx).await?))
     }
 }

@@ -8,7 +8,7 @@ use flannel_core::backend::{
 use flannel_core::event::{EventKind, LeaseEvent};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_netlink::{
-    Family, LinkEvent, Mac, Netlink, NetlinkError, Route, VxlanSpec, format_mac, parse_mac,
+    Family, LinkEvent, Mac, NetlinkError, Route, SharedOps, VxlanSpec, format_mac, parse_mac,
     random_vtep_mac, reconcile_routes, watch_links,
 };
 use futures_util::StreamExt;
@@ -51,7 +51,7 @@ fn contains(net: (IpAddr, u8), ip: IpAddr) -> bool {
 
 /// The vxlan network (see the crate docs).
 pub struct VxlanNetwork {
-    netlink: Netlink,
+    netlink: SharedOps,
     lease: Lease,
     mtu: u32,
     options: VxlanOptions,
@@ -66,7 +66,7 @@ pub struct VxlanNetwork {
 impl VxlanNetwork {
     /// Creates the devices, acquires the lease and configures the local side.
     pub async fn register(
-        netlink: Netlink,
+        netlink: SharedOps,
         ctx: &RegisterContext<'_>,
     ) -> Result<VxlanNetwork, BackendError> {
         let options = VxlanOptions::parse(ctx.config.backend.as_ref())?;
@@ -525,8 +525,15 @@ impl VxlanNetwork {
                         r.dst, r.prefix, r.gateway
                     );
                 }
-                if let Err(e) = nl.apply_routes(&plan).await {
-                    errors.push(dp(format!("routes of {name}"), e));
+                for r in &plan.replace {
+                    if let Err(e) = nl.replace_route(r).await {
+                        errors.push(dp(format!("route {r} of {name}"), e));
+                    }
+                }
+                for r in &plan.delete {
+                    if let Err(e) = nl.del_route(r).await {
+                        errors.push(dp(format!("route {r} of {name}"), e));
+                    }
                 }
             }
             Err(e) => errors.push(dp(format!("routes of {name}"), e)),
@@ -546,7 +553,11 @@ impl Network for VxlanNetwork {
         self.mtu
     }
 
-    async fn handle_events(&mut self, events: &[LeaseEvent]) -> Result<(), BackendError> {
+    async fn handle_events(
+        &mut self,
+        events: &[LeaseEvent],
+        _leases: &[&Lease],
+    ) -> Result<(), BackendError> {
         let mut errors = Vec::new();
         for event in events {
             for dev in &self.devices {

@@ -4,45 +4,60 @@
 //! # How a backend is driven
 //!
 //! 1. **Register.** The daemon (or an embedding agent) builds a
-//!    [`RegisterContext`] — the validated [`NetConfig`], the chosen
-//!    [`ExternalInterface`] and the [`SubnetManager`] — and calls
-//!    [`Backend::register_network`]. The backend decodes its options from
-//!    `config.backend`, creates what must exist before the lease (devices, keys,
-//!    child processes), builds its [`LeaseAttrs`] (public IP, backend type,
-//!    backend data such as a VTEP MAC or a WireGuard public key) and acquires
-//!    the lease through [`RegisterContext::acquire_lease`]. It then configures
-//!    the local side (addresses on its device) and returns its [`Network`].
+//!    [`HostContext`] once (data directory, environment lookups, handles
+//!    such as the netlink connection as [`Extensions`]), then a
+//!    [`RegisterContext`] per network — the validated [`NetConfig`], the
+//!    chosen [`ExternalInterface`], the [`SubnetManager`] and the host
+//!    context — and calls [`Backend::register_network`]. The backend decodes
+//!    its options from `config.backend`, creates what must exist before the
+//!    lease (devices, keys, child processes), builds its [`LeaseAttrs`]
+//!    (public IP, backend type, backend data such as a VTEP MAC or a
+//!    WireGuard public key) and acquires the lease through
+//!    [`RegisterContext::acquire_lease`]. It then configures the local side
+//!    (addresses on its device) and returns its [`Network`].
 //! 2. **Lease.** The caller writes `subnet.env` with [`Network::lease`] and
 //!    [`Network::mtu`], then tells the manager
 //!    ([`SubnetManager::complete_lease`]).
-//! 3. **Events.** The runner watches all leases, filters them through a
-//!    [`LeaseWatcher`](crate::event::LeaseWatcher) (our own lease removed), and
-//!    passes incremental changes to [`Network::handle_events`].
-//! 4. **Resync.** After every snapshot (start, reconnect, compaction) and every
-//!    [`Network::resync_interval`], the runner calls [`Network::resync`] with
-//!    the complete set of remote leases. The backend makes the kernel match it:
+//! 3. **Driver.** A backend with a userspace datapath (udp, userspace
+//!    WireGuard) or a supervised helper (charon) hands out a [`Driver`]
+//!    through [`Network::take_driver`]. The runner gives it to the caller's
+//!    executor, so the datapath runs apart from the handlers below and never
+//!    stalls while they work.
+//! 4. **Events.** The runner watches all leases, filters them through a
+//!    [`LeaseWatcher`](crate::event::LeaseWatcher) (our own lease removed),
+//!    and passes each batch of changes, with the complete set of remote
+//!    leases, to [`Network::handle_events`].
+//! 5. **Resync.** After every snapshot (start, reconnect, compaction), every
+//!    [`Network::resync_interval`] and whenever the backend's
+//!    [`ResyncTrigger`] fires, the runner calls [`Network::resync`] with the
+//!    complete set of remote leases. The backend makes the world match it:
 //!    restores what an admin deleted, removes what belongs to leases that no
-//!    longer exist.
-//! 5. **Renewal.** When the runner renews or re-acquires the lease it calls
+//!    longer exist. A failed resync or event batch is retried after the
+//!    backend's [`RetryPolicy`] (exponential, capped, jittered).
+//! 6. **Renewal.** When the runner renews or re-acquires the lease it calls
 //!    [`Network::lease_changed`].
-//! 6. **Shutdown.** The caller stops the runner and calls
+//! 7. **Shutdown.** The caller stops the runner and calls
 //!    [`Network::shutdown`]. A backend stops what cannot outlive the process
 //!    (a userspace loop, a child process) but **never tears down the kernel
 //!    datapath**: devices, routes, neighbours and FDB entries stay, so a
 //!    restarted flanneld takes over without dropping a packet.
 //!
-//! Backends that need a long-running loop (udp's TUN↔UDP copy, ipsec's
-//! charon supervision) hand it out through [`Network::take_driver`] as a
-//! future the caller polls; no backend spawns tasks of its own.
+//! Most backends state the objects they want as a pure function of the
+//! leases and let a [`Reconciler`](crate::reconcile::Reconciler) apply event
+//! batches and resyncs alike; no backend spawns tasks of its own.
 
 use crate::config::NetConfig;
 use crate::event::LeaseEvent;
 use crate::ip::{Ip4Net, Ip6Net};
 use crate::lease::{Lease, LeaseAttrs};
 use crate::manager::{AcquireRequest, ManagerError, SubnetManager};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The host interface flannel sends encapsulated or routed traffic through.
@@ -159,6 +174,137 @@ pub type Driver = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>
 /// coalescing bursts.
 pub type ResyncTrigger = Pin<Box<dyn futures_core::Stream<Item = ()> + Send>>;
 
+/// The default data directory (`/run/flannel`): key files, sockets and state
+/// files of backends live here.
+pub const DEFAULT_DATA_DIR: &str = "/run/flannel";
+
+/// Environment lookups: `WIREGUARD_KEY_FILE`, `ACCESS_KEY_ID`, … A function
+/// so tests and embedders can answer without touching the process
+/// environment.
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Values of any type, at most one per type: the handles a backend needs
+/// beyond plain data (a netlink handle, an HTTP client, a VICI socket path).
+///
+/// ```
+/// use flannel_core::backend::Extensions;
+/// #[derive(Debug, PartialEq)]
+/// struct CharonSocket(String);
+/// let mut ext = Extensions::default();
+/// ext.insert(CharonSocket("unix:///run/charon.vici".into()));
+/// assert_eq!(ext.get::<CharonSocket>().unwrap().0, "unix:///run/charon.vici");
+/// assert!(ext.get::<u32>().is_none());
+/// ```
+#[derive(Clone, Default)]
+pub struct Extensions {
+    map: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Extensions {
+    /// Stores `value`, replacing a previous value of its type.
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        self.map.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    /// The value of type `T`, if one was stored.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.map.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Extensions({} values)", self.map.len())
+    }
+}
+
+/// What the host offers every backend, whatever its network: the data
+/// directory, environment lookups and typed [`Extensions`]. Built once by
+/// the daemon or the embedding agent.
+///
+/// ```
+/// use flannel_core::backend::HostContext;
+/// let host = HostContext::default()
+///     .with_data_dir("/tmp/flannel-test")
+///     .with_env(|name| (name == "WIREGUARD_KEY_FILE").then(|| "/tmp/wg.key".to_string()));
+/// assert_eq!(host.env("WIREGUARD_KEY_FILE").as_deref(), Some("/tmp/wg.key"));
+/// assert_eq!(host.env("PATH"), None);
+/// assert_eq!(host.data_dir.to_str(), Some("/tmp/flannel-test"));
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct HostContext {
+    /// Where backends keep files (`/run/flannel` by default).
+    pub data_dir: PathBuf,
+    /// Handles for backends (the netlink handle, clients, paths).
+    pub extensions: Extensions,
+    env: EnvLookup,
+}
+
+impl Default for HostContext {
+    /// [`DEFAULT_DATA_DIR`], no extensions, and an environment in which
+    /// nothing is set.
+    fn default() -> Self {
+        HostContext {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            extensions: Extensions::default(),
+            env: Arc::new(|_| None),
+        }
+    }
+}
+
+impl std::fmt::Debug for HostContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostContext")
+            .field("data_dir", &self.data_dir)
+            .field("extensions", &self.extensions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostContext {
+    /// Sets the data directory.
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> HostContext {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// Sets how environment variables are looked up (the daemon passes
+    /// `std::env::var`).
+    pub fn with_env(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> HostContext {
+        self.env = Arc::new(lookup);
+        self
+    }
+
+    /// Adds an extension value.
+    pub fn with_extension<T: Any + Send + Sync>(mut self, value: T) -> HostContext {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// Looks up an environment variable.
+    pub fn env(&self, name: &str) -> Option<String> {
+        (self.env)(name)
+    }
+
+    /// The extension of type `T`, or a [`BackendError::Refused`] naming what
+    /// `backend` is missing.
+    pub fn require<T: Any + Send + Sync>(
+        &self,
+        backend: &str,
+        what: &str,
+    ) -> Result<&T, BackendError> {
+        self.extensions.get::<T>().ok_or_else(|| {
+            BackendError::Refused(format!(
+                "the {backend} backend needs {what}, and the host context has none"
+            ))
+        })
+    }
+}
+
 /// Everything a backend needs to register its network.
 pub struct RegisterContext<'a> {
     /// The validated network configuration.
@@ -171,6 +317,8 @@ pub struct RegisterContext<'a> {
     pub previous_subnet: Option<Ip4Net>,
     /// This node's IPv6 subnet from the previous run.
     pub previous_ipv6_subnet: Option<Ip6Net>,
+    /// Data directory, environment and handles.
+    pub host: &'a HostContext,
 }
 
 impl RegisterContext<'_> {
@@ -182,6 +330,67 @@ impl RegisterContext<'_> {
             previous_ipv6_subnet: self.previous_ipv6_subnet,
         };
         self.manager.acquire_lease(&request).await
+    }
+}
+
+/// How the runner retries a failed resync or event batch: exponential
+/// backoff from `min` to `max`, each delay spread by up to ±`jitter` of
+/// itself so that a fleet of nodes does not retry in step. A backend that
+/// talks to a rate-limited API sets a longer one
+/// ([`Network::retry_policy`]).
+///
+/// ```
+/// use flannel_core::backend::RetryPolicy;
+/// use std::time::Duration;
+/// let p = RetryPolicy::default();
+/// let mut d = p.min;
+/// for _ in 0..20 { d = p.next(d); }
+/// assert_eq!(d, p.max);
+/// // A random number in [0, 1) picks the jitter: 0.5 is no jitter.
+/// assert_eq!(p.jittered(Duration::from_secs(10), 0.5), Duration::from_secs(10));
+/// assert_eq!(p.jittered(Duration::from_secs(10), 0.0), Duration::from_secs(8));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// The first delay.
+    pub min: Duration,
+    /// The largest delay.
+    pub max: Duration,
+    /// The spread, as a fraction of the delay (0.2 = ±20 %).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    /// 1 s doubling to 2 min, ±20 %.
+    fn default() -> Self {
+        RetryPolicy {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(120),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy from `min` to `max` with ±20 % jitter.
+    pub fn new(min: Duration, max: Duration) -> RetryPolicy {
+        RetryPolicy {
+            min,
+            max: max.max(min),
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The delay after `delay`: doubled, within `min..=max`.
+    pub fn next(&self, delay: Duration) -> Duration {
+        delay.saturating_mul(2).clamp(self.min, self.max)
+    }
+
+    /// `delay` spread by the jitter; `unit` is a random number in `[0, 1)`.
+    pub fn jittered(&self, delay: Duration, unit: f64) -> Duration {
+        let factor = 1.0 + self.jitter.clamp(0.0, 1.0) * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+        delay.mul_f64(factor)
     }
 }
 
@@ -208,7 +417,14 @@ pub trait Network: Send {
     fn mtu(&self) -> u32;
 
     /// Applies incremental lease changes (our own lease never appears).
-    async fn handle_events(&mut self, events: &[LeaseEvent]) -> Result<(), BackendError>;
+    /// `leases` is the complete set of remote leases after the changes, so
+    /// a backend that derives its state from all leases (most do, through a
+    /// [`Reconciler`](crate::reconcile::Reconciler)) needs no copy of its own.
+    async fn handle_events(
+        &mut self,
+        events: &[LeaseEvent],
+        leases: &[&Lease],
+    ) -> Result<(), BackendError>;
 
     /// Makes the datapath match exactly `leases`, the complete set of remote
     /// leases: adds what is missing, removes what is stale.
@@ -220,13 +436,22 @@ pub trait Network: Send {
         None
     }
 
+    /// How a failed resync or event batch is retried. Default:
+    /// [`RetryPolicy::default`].
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
+    }
+
     /// Hands out a [`ResyncTrigger`], once, for backends that watch the kernel
     /// for damage to their state. Default: none (periodic resync only).
     fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
         None
     }
 
-    /// Hands out the loop the caller must poll, once. Default: none.
+    /// Hands out the loop that must run for the network's lifetime, once.
+    /// Default: none. The [runner](crate::backend#how-a-backend-is-driven)
+    /// gives it to an executor of the caller's choosing (the daemon runs it
+    /// on a thread of its own), so the datapath never waits for a resync.
     fn take_driver(&mut self) -> Option<Driver> {
         None
     }

@@ -14,7 +14,8 @@
 //! | [`subnet_env`] | the `subnet.env` text, written and read back |
 //! | [`event`] | lease events with snapshot semantics, and the watcher diff |
 //! | [`manager`] | the [`manager::SubnetManager`] trait (lease sources) |
-//! | [`backend`] | the [`backend::Backend`] and [`backend::Network`] traits, and how a backend is driven |
+//! | [`backend`] | the [`backend::Backend`] and [`backend::Network`] traits, the context backends get, and how a backend is driven |
+//! | [`reconcile`] | the desired-state [`reconcile::Reconciler`] every backend applies its objects with |
 //! | [`gojson`] | Go `encoding/json` decoding rules and encoding bytes, for backends' options |
 //!
 //! This crate has no Cargo features.
@@ -41,9 +42,12 @@ pub mod ip;
 pub mod key;
 pub mod lease;
 pub mod manager;
+pub mod reconcile;
 pub mod subnet_env;
 
-pub use backend::{Backend, BackendError, ExternalInterface, Network, RegisterContext};
+pub use backend::{
+    Backend, BackendError, ExternalInterface, HostContext, Network, RegisterContext, RetryPolicy,
+};
 pub use config::{ConfigError, NetConfig};
 pub use event::{EventKind, LeaseEvent, LeaseWatchResult, LeaseWatcher};
 pub use ip::{Cidr, Ip4Net, Ip6Net};

@@ -84,10 +84,15 @@ use netlink_sys::AsyncSocket;
 
 mod addr;
 mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
 mod link;
 mod mac;
 mod neigh;
+mod ops;
 mod route;
+pub mod route_network;
+pub mod sets;
 mod watch;
 
 pub use addr::AddrInfo;
@@ -95,10 +100,13 @@ pub use error::NetlinkError;
 pub use link::{EnsuredLink, LinkInfo, VxlanInfo, VxlanSpec};
 pub use mac::{Mac, format_mac, parse_mac, random_vtep_mac};
 pub use neigh::{FdbEntry, NeighInfo};
+pub use ops::{NetOps, SharedOps, ops_from_host};
 pub use route::{
     Family, RT_SCOPE_HOST, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTPROT_BOOT,
     RTPROT_KERNEL, RTPROT_STATIC, Route, RouteKind, RoutePlan, reconcile_routes,
 };
+pub use route_network::RouteNetwork;
+pub use sets::{FdbObject, FdbSet, Neighbour, NeighbourSet, RouteSet};
 pub use watch::{LinkEvent, watch_links};
 
 /// A NETLINK_ROUTE socket handle: the `ip`/`bridge` commands flannel needs.

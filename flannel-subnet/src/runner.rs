@@ -7,30 +7,39 @@
 //!   reconnects by itself) and passes changes through a [`LeaseWatcher`] to
 //!   [`Network::handle_events`], and full snapshots to [`Network::resync`]
 //!   alone (it programs every lease and removes stale state);
-//! - calls [`Network::resync`] every [`Network::resync_interval`], at once
+//! - calls [`Network::resync`] every [`Network::resync_interval`] and at once
 //!   when the backend's [`Network::take_resync_trigger`] stream fires (a
-//!   deleted device), and retries a failed event batch through a resync one
-//!   second later;
+//!   deleted device);
+//! - retries a failed event batch or resync through a resync after the
+//!   backend's [`RetryPolicy`] (exponential, capped, jittered; periodic
+//!   resyncs wait while a retry is pending), logging the first failure at
+//!   once and then one summary per `error_log_interval`;
 //! - renews the lease `renew_margin` before it expires, retrying every minute
 //!   on failure;
 //! - re-acquires the lease when it disappears from the store (the same subnet
 //!   when it is still free) and tells the network;
-//! - polls the network's driver (a userspace datapath loop), if it has one;
+//! - hands the network's driver (a userspace datapath loop), if it has one,
+//!   to the executor given with [`Runner::with_executor`] (for example
+//!   [`thread_executor`]), so packets keep moving while a handler works;
+//!   without one it polls the driver between handlers;
+//! - publishes the lease it holds ([`RunnerStatus::subscribe_lease`]);
 //! - logs datastore outages rate-limited: the first error at once, then one
 //!   summary line per `error_log_interval`.
 //!
 //! On shutdown it calls [`Network::shutdown`] and returns; it never removes
-//! devices, routes or leases. Nothing is spawned: the caller's task runs it.
+//! devices, routes or leases. Nothing is spawned but through the executor the
+//! caller chose: the caller's task runs the loop.
 //! [`RunnerStatus`] exposes progress for health, readiness and metrics.
 
 use crate::manager::Backoff;
-use flannel_core::backend::{BackendError, Driver, Network, ResyncTrigger};
+use flannel_core::backend::{BackendError, Driver, Network, ResyncTrigger, RetryPolicy};
 use flannel_core::event::{EventKind, LeaseWatchResult, LeaseWatcher};
 use flannel_core::key::SubnetKey;
 use flannel_core::lease::Lease;
 use flannel_core::manager::{AcquireRequest, LeaseStream, ManagerError, SubnetManager};
 use futures_util::{FutureExt, StreamExt};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -102,7 +111,7 @@ pub enum RunnerError {
 /// Live counters and state of a runner, shared with health and metrics.
 #[derive(Debug)]
 pub struct RunnerStatus {
-    lease: Mutex<Option<Lease>>,
+    lease: tokio::sync::watch::Sender<Option<Lease>>,
     in_sync: AtomicBool,
     last_progress: Mutex<std::time::Instant>,
     /// Lease events applied to the network.
@@ -121,12 +130,17 @@ pub struct RunnerStatus {
     pub known_leases: AtomicU64,
     /// Duration of the last resync, in microseconds.
     pub last_resync_micros: AtomicU64,
+    /// Failed resyncs or event batches since the last success (0 when the
+    /// datapath is in step).
+    pub consecutive_failures: AtomicU64,
+    /// The delay before the next retry, in milliseconds (0 when none is due).
+    pub retry_delay_millis: AtomicU64,
 }
 
 impl Default for RunnerStatus {
     fn default() -> Self {
         RunnerStatus {
-            lease: Mutex::new(None),
+            lease: tokio::sync::watch::Sender::new(None),
             in_sync: AtomicBool::new(false),
             last_progress: Mutex::new(std::time::Instant::now()),
             events: AtomicU64::new(0),
@@ -137,6 +151,8 @@ impl Default for RunnerStatus {
             reacquisitions: AtomicU64::new(0),
             known_leases: AtomicU64::new(0),
             last_resync_micros: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+            retry_delay_millis: AtomicU64::new(0),
         }
     }
 }
@@ -144,7 +160,14 @@ impl Default for RunnerStatus {
 impl RunnerStatus {
     /// The lease currently held.
     pub fn lease(&self) -> Option<Lease> {
-        self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lease.borrow().clone()
+    }
+
+    /// Follows the lease: the receiver sees every renewal and re-acquisition
+    /// (a caller re-derives `subnet.env`, traffic rules and the blackhole
+    /// route from it when the subnet changes).
+    pub fn subscribe_lease(&self) -> tokio::sync::watch::Receiver<Option<Lease>> {
+        self.lease.subscribe()
     }
 
     /// True while the lease watch is connected and the datapath reflects it.
@@ -165,7 +188,7 @@ impl RunnerStatus {
     }
 
     fn set_lease(&self, lease: &Lease) {
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease.clone());
+        self.lease.send_replace(Some(lease.clone()));
     }
 }
 
@@ -239,10 +262,114 @@ async fn triggered(trigger: &mut Option<ResyncTrigger>) -> bool {
     }
 }
 
-async fn drive(driver: &mut Option<Driver>) -> Result<(), BackendError> {
+/// A running driver, as an executor hands it back: completes when the
+/// driver ends.
+pub type DriverHandle = Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send>>;
+
+/// Where a network's [`Driver`] runs: called once per driver, it starts the
+/// driver somewhere that is not the runner's task and returns a handle to
+/// its end. Choose one with [`Runner::with_executor`]; [`thread_executor`]
+/// is the usual choice.
+pub type DriverExecutor = Arc<dyn Fn(Driver) -> DriverHandle + Send + Sync>;
+
+/// An executor that runs each driver on an OS thread of its own, with a
+/// single-threaded tokio runtime (timers and I/O enabled). A userspace
+/// datapath then keeps moving packets while the runner's handlers compute a
+/// 5,000-lease resync, whatever runtime the caller uses.
+///
+/// The thread ends when the driver does; a driver ends with its network's
+/// [`Network::shutdown`], which the runner calls on the way out.
+pub fn thread_executor(name: &str) -> DriverExecutor {
+    let name = name.to_string();
+    Arc::new(move |driver: Driver| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let result = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(driver),
+                    Err(e) => Err(BackendError::datapath("the driver's runtime", e)),
+                };
+                let _ = tx.send(result);
+            });
+        let handle: DriverHandle = match spawned {
+            Ok(_) => Box::pin(async move {
+                rx.await.unwrap_or_else(|_| {
+                    Err(BackendError::Refused(
+                        "the backend driver's thread stopped without a result (it panicked)"
+                            .to_string(),
+                    ))
+                })
+            }),
+            Err(e) => {
+                let e = BackendError::datapath("a thread for the backend driver", e);
+                Box::pin(async move { Err(e) })
+            }
+        };
+        handle
+    })
+}
+
+async fn drive(driver: &mut Option<DriverHandle>) -> Result<(), BackendError> {
     match driver {
         Some(d) => d.await,
         None => std::future::pending().await,
+    }
+}
+
+/// Retries of failed resyncs and event batches (see [`RetryPolicy`]).
+struct Retry {
+    policy: RetryPolicy,
+    delay: Duration,
+    at: Option<Instant>,
+    failures: u64,
+    log: RateLimitedLog,
+}
+
+impl Retry {
+    /// Schedules the next attempt after a failure and logs it, rate-limited.
+    fn failed(&mut self, status: &RunnerStatus, what: &str, e: &BackendError) {
+        self.failures += 1;
+        self.delay = if self.failures == 1 {
+            self.policy.min
+        } else {
+            self.policy.next(self.delay)
+        };
+        let wait = self.policy.jittered(self.delay, fastrand::f64());
+        self.at = Some(Instant::now() + wait);
+        status.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+        status
+            .consecutive_failures
+            .store(self.failures, Ordering::Relaxed);
+        status
+            .retry_delay_millis
+            .store(wait.as_millis() as u64, Ordering::Relaxed);
+        self.log.error(
+            &format!(
+                "{what} failed (attempt {}; next attempt in {:.1} s)",
+                self.failures,
+                wait.as_secs_f64()
+            ),
+            e,
+        );
+    }
+
+    fn succeeded(&mut self, status: &RunnerStatus) {
+        if self.failures > 0 {
+            info!(
+                "the datapath is in step again after {} failed attempts",
+                self.failures
+            );
+        }
+        self.failures = 0;
+        self.at = None;
+        self.log.last = None;
+        self.log.suppressed = 0;
+        status.consecutive_failures.store(0, Ordering::Relaxed);
+        status.retry_delay_millis.store(0, Ordering::Relaxed);
     }
 }
 
@@ -251,6 +378,7 @@ pub struct Runner {
     manager: Arc<dyn SubnetManager>,
     options: RunnerOptions,
     status: Arc<RunnerStatus>,
+    executor: Option<DriverExecutor>,
 }
 
 impl Runner {
@@ -260,12 +388,23 @@ impl Runner {
             manager,
             options: RunnerOptions::default(),
             status: Arc::new(RunnerStatus::default()),
+            executor: None,
         }
     }
 
     /// Replaces the options.
     pub fn with_options(self, options: RunnerOptions) -> Runner {
         Runner { options, ..self }
+    }
+
+    /// Runs the network's [`Driver`], if it has one, on `executor` instead
+    /// of polling it inside [`Runner::run`]'s own task (where it would wait
+    /// whenever a handler works). See [`thread_executor`].
+    pub fn with_executor(self, executor: DriverExecutor) -> Runner {
+        Runner {
+            executor: Some(executor),
+            ..self
+        }
     }
 
     /// The shared status (clone the `Arc` before calling [`Runner::run`]).
@@ -295,7 +434,7 @@ impl Runner {
         }
     }
 
-    async fn resync(&self, network: &mut dyn Network, watcher: &LeaseWatcher) -> bool {
+    async fn resync(&self, network: &mut dyn Network, watcher: &LeaseWatcher, retry: &mut Retry) {
         let started = std::time::Instant::now();
         let leases = watcher.leases();
         let result = network.resync(&leases).await;
@@ -303,12 +442,14 @@ impl Runner {
         self.status
             .last_resync_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        if let Err(e) = result {
-            self.status.reconcile_errors.fetch_add(1, Ordering::Relaxed);
-            error!("resync of {} leases failed: {e}", leases.len());
-            return false;
+        match result {
+            Ok(()) => retry.succeeded(&self.status),
+            Err(e) => retry.failed(
+                &self.status,
+                &format!("resync of {} leases", leases.len()),
+                &e,
+            ),
         }
-        true
     }
 
     /// Runs until `shutdown` completes (see the module docs).
@@ -328,18 +469,33 @@ impl Runner {
             last: None,
             suppressed: 0,
         };
-        let mut driver = network.take_driver();
+        let mut retry = Retry {
+            policy: network.retry_policy(),
+            delay: Duration::ZERO,
+            at: None,
+            failures: 0,
+            log: RateLimitedLog {
+                interval: opts.error_log_interval,
+                last: None,
+                suppressed: 0,
+            },
+        };
+        let mut driver: Option<DriverHandle> =
+            network.take_driver().map(|d| match &self.executor {
+                Some(exec) => exec(d),
+                // No executor: polled inside this loop, between handlers.
+                None => d,
+            });
         let mut trigger = network.take_resync_trigger();
         let mut renew_at = renew_deadline(&lease, opts.renew_margin);
         let resync_every = network.resync_interval();
         let mut resync_at = resync_every.map(|d| Instant::now() + d);
-        let mut retry_resync_at: Option<Instant> = None;
         let mut reacquire_at: Option<Instant> = None;
         let mut reacquire_delay = opts.backoff.min;
         let mut heartbeat = tokio::time::interval(opts.heartbeat);
 
         let Some(mut stream) = self.open_watch(&mut log, &mut shutdown).await else {
-            return self.finish(network).await;
+            return self.finish(network, driver).await;
         };
         loop {
             self.status.touch();
@@ -349,7 +505,7 @@ impl Runner {
                 result = drive(&mut driver) => {
                     driver = None;
                     result?;
-                    info!("backend driver finished");
+                    info!("the backend driver finished");
                 }
                 item = stream.next() => match item {
                     Some(Ok(result)) => {
@@ -375,16 +531,19 @@ impl Runner {
                         // and removes the stale ones; applying the diff as events
                         // first would do the same work twice (5,000 leases at
                         // start: 1.5 s instead of 0.2 s).
-                        if !batch.resync
-                            && !batch.events.is_empty()
-                            && let Err(e) = network.handle_events(&batch.events).await
-                        {
-                            self.status.reconcile_errors.fetch_add(1, Ordering::Relaxed);
-                            error!("applying {} lease events failed (resync in 1 s): {e}", batch.events.len());
-                            retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
-                        }
-                        if batch.resync && !self.resync(network, &watcher).await {
-                            retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
+                        if batch.resync {
+                            self.resync(network, &watcher, &mut retry).await;
+                        } else if !batch.events.is_empty() {
+                            let leases = watcher.leases();
+                            match network.handle_events(&batch.events, &leases).await {
+                                Ok(()) => {}
+                                // Retried through a full resync.
+                                Err(e) => retry.failed(
+                                    &self.status,
+                                    &format!("applying {} lease events", batch.events.len()),
+                                    &e,
+                                ),
+                            }
                         }
                         if lost && reacquire_at.is_none() {
                             warn!("our lease {own} is gone from the {} store; re-acquiring it", self.manager.name());
@@ -414,35 +573,33 @@ impl Runner {
                         trigger = None;
                         continue;
                     }
-                    info!("datapath damage reported by the backend; resyncing now");
-                    if !self.resync(network, &watcher).await {
-                        retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
-                    }
+                    info!("the backend reported damage to its datapath; resyncing now");
+                    self.resync(network, &watcher, &mut retry).await;
                 }
                 _ = sleep_until_opt(resync_at) => {
                     resync_at = resync_every.map(|d| Instant::now() + d);
-                    if !self.resync(network, &watcher).await {
-                        retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
+                    // While failing, the backoff alone decides when to try again.
+                    if retry.at.is_none() {
+                        self.resync(network, &watcher, &mut retry).await;
                     }
                 }
-                _ = sleep_until_opt(retry_resync_at) => {
-                    retry_resync_at = None;
-                    if !self.resync(network, &watcher).await {
-                        retry_resync_at = Some(Instant::now() + Duration::from_secs(1));
-                    }
+                _ = sleep_until_opt(retry.at) => {
+                    retry.at = None;
+                    self.resync(network, &watcher, &mut retry).await;
+                    resync_at = resync_every.map(|d| Instant::now() + d);
                 }
                 _ = sleep_until_opt(renew_at) => {
                     match self.manager.renew_lease(&lease).await {
                         Ok(renewed) => {
                             self.status.renewals.fetch_add(1, Ordering::Relaxed);
-                            info!("Lease renewed, new expiration: {:?}", renewed.expiration);
+                            info!("Lease renewed, new expiration: {}", fmt_expiry(&renewed));
                             lease = renewed;
                             self.status.set_lease(&lease);
                             network.lease_changed(&lease).await?;
                             renew_at = renew_deadline(&lease, opts.renew_margin);
                         }
                         Err(e) => {
-                            error!("Error renewing lease (trying again in {:?}): {e}", opts.renew_retry);
+                            error!("Error renewing lease (trying again in {} s): {e}", opts.renew_retry.as_secs());
                             renew_at = Some(Instant::now() + opts.renew_retry);
                         }
                     }
@@ -475,13 +632,43 @@ impl Runner {
                 }
             }
         }
-        self.finish(network).await
+        self.finish(network, driver).await
     }
 
-    async fn finish(&self, network: &mut dyn Network) -> Result<(), RunnerError> {
+    async fn finish(
+        &self,
+        network: &mut dyn Network,
+        driver: Option<DriverHandle>,
+    ) -> Result<(), RunnerError> {
         self.status.in_sync.store(false, Ordering::Relaxed);
         network.shutdown().await?;
+        // The driver ends with the network's shutdown; wait for it briefly
+        // so its thread does not outlive the runner.
+        if let Some(d) = driver {
+            match tokio::time::timeout(DRIVER_STOP_TIMEOUT, d).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("the backend driver ended with an error: {e}"),
+                Err(_) => warn!(
+                    "the backend driver did not stop within {} s of the shutdown",
+                    DRIVER_STOP_TIMEOUT.as_secs()
+                ),
+            }
+        }
         Ok(())
+    }
+}
+
+/// How long [`Runner::run`] waits for a driver to end after the shutdown.
+const DRIVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A lease's expiry in words (RFC 3339-like UTC) or "never".
+fn fmt_expiry(lease: &Lease) -> String {
+    match lease.expiration {
+        Some(t) => match t.duration_since(SystemTime::now()) {
+            Ok(left) => format!("in {} s", left.as_secs()),
+            Err(_) => "already past".to_string(),
+        },
+        None => "never (a reservation)".to_string(),
     }
 }
 

@@ -5,14 +5,14 @@ use crate::cli::{Options, SubnetManagerKind};
 use crate::health::{self, Health};
 use crate::iface;
 use anyhow::{Context, Result, anyhow, bail};
-use flannel_core::backend::{BackendError, RegisterContext};
+use flannel_core::backend::{BackendError, HostContext, RegisterContext};
 use flannel_core::config::NetConfig;
 use flannel_core::manager::{ManagerError, SubnetManager};
 use flannel_core::subnet_env::SubnetEnv;
-use flannel_netlink::Netlink;
+use flannel_netlink::{Netlink, SharedOps};
 use flannel_subnet::env_file::{read_subnet_env, write_subnet_env};
 use flannel_subnet::manager::LeaseManager;
-use flannel_subnet::runner::{Runner, RunnerOptions};
+use flannel_subnet::runner::{Runner, RunnerOptions, thread_executor};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -139,8 +139,12 @@ pub async fn run(opts: Options) -> Result<()> {
     tokio::spawn(conn);
     let stored = sm.stored_public_ips().await;
     let ext = iface::select(&netlink, &opts, stack, stored).await?;
-    let backend = backends::create(&config.backend_type_lower(), netlink.clone())
-        .context("Error fetching backend")?;
+    let backend =
+        backends::create(&config.backend_type_lower()).context("Error fetching backend")?;
+    let ops: SharedOps = Arc::new(netlink.clone());
+    let host = HostContext::default()
+        .with_env(|name| std::env::var(name).ok())
+        .with_extension(ops);
 
     let previous = read_subnet_env(&opts.subnet_file)?;
     let (prev4, w4) = previous.previous_subnet();
@@ -158,6 +162,7 @@ pub async fn run(opts: Options) -> Result<()> {
         manager: sm.as_ref(),
         previous_subnet: prev4,
         previous_ipv6_subnet: prev6,
+        host: &host,
     };
     let mut network = loop {
         match backend.register_network(&ctx).await {
@@ -206,7 +211,11 @@ pub async fn run(opts: Options) -> Result<()> {
         warn!("completing the lease: {e}");
     }
 
-    let runner = Runner::new(sm.clone()).with_options(runner_options);
+    // A userspace datapath runs on a thread of its own, never waiting for
+    // the runner's handlers.
+    let runner = Runner::new(sm.clone())
+        .with_options(runner_options)
+        .with_executor(thread_executor("flannel-datapath"));
     health.set_runner(runner.status().clone());
     runner.run(network.as_mut(), stopped(stop)).await?;
     info!("Exiting cleanly...");

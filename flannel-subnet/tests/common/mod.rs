@@ -262,7 +262,11 @@ impl Network for Recorder {
     fn mtu(&self) -> u32 {
         1450
     }
-    async fn handle_events(&mut self, events: &[LeaseEvent]) -> Result<(), BackendError> {
+    async fn handle_events(
+        &mut self,
+        events: &[LeaseEvent],
+        _leases: &[&Lease],
+    ) -> Result<(), BackendError> {
         self.log
             .lock()
             .unwrap()
