@@ -747,3 +747,59 @@ fn blackhole_leaves_a_bridge_route_alone() {
         assert_eq!(got, Blackhole::Present);
     });
 }
+
+#[test]
+fn update_moves_rules_and_blackhole_route_to_the_new_lease() {
+    in_netns("upd", || async {
+        let (netlink, conn) = flannel_netlink::Netlink::connect().unwrap();
+        tokio::spawn(conn);
+        let mut p = plan(false);
+        p.v6 = None;
+        p.forward = false;
+        let rules = Rules::new(p.clone(), Some(netlink.clone()));
+        rules.setup().await.unwrap();
+        assert!(
+            rules
+                .status()
+                .programmed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        ensure_blackhole(&netlink, s4().addr().into(), 24)
+            .await
+            .unwrap();
+        assert_eq!(
+            nat_flannel("iptables"),
+            golden_postrouting(N4, S4, "224.0.0.0/4", true)
+        );
+
+        let s9: Ip4Net = "10.244.9.0/24".parse().unwrap();
+        let lease = flannel_core::lease::Lease::new(
+            flannel_core::key::SubnetKey::v4(s9),
+            flannel_core::lease::LeaseAttrs::default(),
+        );
+        let next = rules.plan().for_lease(&lease);
+        assert_eq!(next.previous.subnet, Some(s4()));
+        rules.update(next.clone()).await.unwrap();
+        assert_eq!(rules.plan(), next);
+        // Exactly Go's text for the new subnet: the old lines are gone.
+        assert_eq!(
+            nat_flannel("iptables"),
+            golden_postrouting(N4, "10.244.9.0/24", "224.0.0.0/4", true)
+        );
+        assert_eq!(
+            sh(&["ip", "route", "show", "proto", "boot"]),
+            "blackhole 10.244.9.0/24 \n"
+        );
+        // Nothing left to do.
+        let w = rules.driver().stats().writes;
+        assert!(!rules.driver().resync_once().await.unwrap());
+        assert_eq!(rules.driver().stats().writes, w);
+        // A mode switch at run time is refused.
+        let mut nft = next;
+        nft.nftables = true;
+        assert!(matches!(
+            rules.update(nft).await,
+            Err(flannel_traffic::TrafficError::ModeChange { .. })
+        ));
+    });
+}
