@@ -74,7 +74,7 @@ fn two_agents_route_to_each_other_over_host_gw() {
         .ns
         .ip(&["addr", "add", &format!("{pod}/32"), "dev", "lo"])
         .unwrap();
-    let net1 = format!("{}.0/24", pod.rsplitn(2, '.').nth(1).unwrap());
+    let net1 = format!("{}.0/24", pod.rsplit_once('.').unwrap().0);
     wait_for("host 0's route to host 1's subnet", || {
         let routes = topo.host(0).ns.ip(&["route", "show", &net1]).ok()?;
         routes.contains("via 192.168.100.2 dev eth0").then_some(())

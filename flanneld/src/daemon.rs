@@ -181,11 +181,11 @@ pub async fn run(opts: Options) -> Result<()> {
     info!("lease acquired: {}", network.lease().key());
     health.set_lease(network.lease());
 
-    // ---- traffic rules (§0 steps 16–19; see crate::rules) ----
+    // ---- traffic rules (§0 steps 16–19; see crate::traffic) ----
     // Before subnet.env is rewritten: `previous` holds the last run's
     // network and subnet for the rule recycling. A failure exits 1 like Go;
     // the resync and blackhole tasks stop with `stop`.
-    let _rules_tasks = crate::rules::start(
+    let _rules = crate::traffic::start(
         &opts,
         &config,
         network.lease(),

@@ -15,4 +15,4 @@ pub mod daemon;
 pub mod health;
 pub mod iface;
 pub mod metrics;
-pub mod rules;
+pub mod traffic;

@@ -1,5 +1,6 @@
 //! Packet-filter rules and the blackhole route (behaviour reference §7,
-//! §0 steps 16–19), each test in its own fresh network namespace: the
+//! §0 steps 16–19), one network per test (see `multinet.rs` for several
+//! networks sharing the chains), each test in its own fresh network namespace: the
 //! drivers run on a thread that joined the namespace, so every `iptables`,
 //! `nft` and netlink call they make (and every check here) sees only that
 //! namespace's rules. Needs root, iproute2, iptables (nft backend or legacy)
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use flannel_core::ip::{Ip4Net, Ip6Net};
 use flannel_testutil::netns::NetNs;
-use flanneld::rules::{
-    Blackhole, Iptables, Nftables, Previous, RulesOptions, TrafficManager, blackhole_loop,
+use flannel_traffic::{
+    Blackhole, Iptables, Nftables, Previous, Rules, RulesOptions, RulesPlan, TrafficManager,
     ensure_blackhole,
 };
 
@@ -164,6 +165,21 @@ fn nft_chain(fam: &str, table: &str, chain: &str) -> String {
         .to_string()
 }
 
+/// A plan for the v4 and v6 test networks (what the cleanup removes).
+fn plan(nftables: bool) -> RulesPlan {
+    RulesPlan {
+        nftables,
+        v4: Some((n4(), s4())),
+        v6: Some((n6(), s6())),
+        masq: true,
+        forward: true,
+        blackhole: true,
+        period: Duration::from_millis(200),
+        fully_random_disable: false,
+        previous: Previous::default(),
+    }
+}
+
 fn options(fully_random_disable: bool, previous: Previous) -> RulesOptions {
     RulesOptions {
         fully_random_disable,
@@ -303,7 +319,8 @@ fn iptables_resync_rewrites_only_on_drift() {
         );
         assert_eq!(nat_flannel("iptables"), gold_nat);
 
-        // A rule changed in place (same count, other text).
+        // A rule changed in place (same count, other text): ours comes back,
+        // the foreign rule is not ours to delete.
         sh(&[
             "iptables",
             "-t",
@@ -317,9 +334,29 @@ fn iptables_resync_rewrites_only_on_drift() {
             "RETURN",
         ]);
         assert!(ipt.resync_once().await.unwrap());
+        let chain = sh(&["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
+        assert!(
+            chain.contains("-A FLANNEL-POSTRTG -s 10.9.0.0/16 -j RETURN\n"),
+            "{chain}"
+        );
+        sh(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-D",
+            "FLANNEL-POSTRTG",
+            "-s",
+            "10.9.0.0/16",
+            "-j",
+            "RETURN",
+        ]);
+        assert!(
+            !ipt.resync_once().await.unwrap(),
+            "a foreign rule going away is no drift"
+        );
         assert_eq!(nat_flannel("iptables"), gold_nat);
 
-        // An extra rule in our chain.
+        // A rule in our chain that is not ours is left alone: no drift.
         sh(&[
             "iptables",
             "-t",
@@ -329,8 +366,43 @@ fn iptables_resync_rewrites_only_on_drift() {
             "-j",
             "DROP",
         ]);
-        assert!(ipt.resync_once().await.unwrap());
+        assert!(!ipt.resync_once().await.unwrap());
+        assert_eq!(
+            filter_flannel("iptables"),
+            format!("{gold_fwd}\n-A FLANNEL-FWD -j DROP")
+        );
+        sh(&[
+            "iptables",
+            "-t",
+            "filter",
+            "-D",
+            "FLANNEL-FWD",
+            "-j",
+            "DROP",
+        ]);
         assert_eq!(filter_flannel("iptables"), gold_fwd);
+
+        // Our rules out of order.
+        sh(&["iptables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "2"]);
+        sh(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "FLANNEL-POSTRTG",
+            "-s",
+            S4,
+            "-d",
+            N4,
+            "-m",
+            "comment",
+            "--comment",
+            "flanneld masq",
+            "-j",
+            "RETURN",
+        ]);
+        assert!(ipt.resync_once().await.unwrap());
+        assert_eq!(nat_flannel("iptables"), gold_nat);
 
         // The whole chain (and its jump) gone.
         sh(&[
@@ -569,7 +641,7 @@ fn switching_iptables_to_nftables_removes_the_chains() {
         ]);
 
         let nft = Nftables::new(RulesOptions::default());
-        nft.cleanup_other_mode().await.unwrap();
+        nft.cleanup_other_mode(&plan(true)).await.unwrap();
         for save in ["iptables-save", "ip6tables-save"] {
             let text = sh(&[save]);
             assert!(!text.contains("FLANNEL"), "{save}:\n{text}");
@@ -577,7 +649,7 @@ fn switching_iptables_to_nftables_removes_the_chains() {
         assert!(sh(&["iptables", "-t", "nat", "-S", "POSTROUTING"]).contains("-o eth9 -j ACCEPT"));
         // Nothing left: a second cleanup writes nothing.
         let w = nft.stats().writes;
-        nft.cleanup_other_mode().await.unwrap();
+        nft.cleanup_other_mode(&plan(true)).await.unwrap();
         assert_eq!(nft.stats().writes, w);
     });
 }
@@ -593,14 +665,14 @@ fn switching_nftables_to_iptables_deletes_the_tables() {
         sh(&["nft", "add", "table", "ip", "someone-else"]);
 
         let ipt = Iptables::new(RulesOptions::default());
-        ipt.cleanup_other_mode().await.unwrap();
+        ipt.cleanup_other_mode(&plan(false)).await.unwrap();
         let tables = sh(&["nft", "list", "tables"]);
         assert!(!tables.contains("flannel-ipv4"), "{tables}");
         assert!(!tables.contains("flannel-ipv6"), "{tables}");
         assert!(tables.contains("table ip someone-else"), "{tables}");
         // Nothing to delete the second time.
         let w = ipt.stats().writes;
-        ipt.cleanup_other_mode().await.unwrap();
+        ipt.cleanup_other_mode(&plan(false)).await.unwrap();
         assert_eq!(ipt.stats().writes, w);
         // The chains work from iptables mode afterwards.
         ipt.setup_masq(Some((n4(), s4())), None).await.unwrap();
@@ -613,15 +685,20 @@ fn blackhole_route_present_after_one_tick() {
     in_netns("bh", || async {
         let (netlink, conn) = flannel_netlink::Netlink::connect().unwrap();
         tokio::spawn(conn);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let period = Duration::from_millis(200);
-        let task = tokio::spawn(blackhole_loop(
-            netlink.clone(),
-            Some(s4()),
-            Some(s6()),
-            period,
-            stop_rx,
-        ));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut p = plan(false);
+        (p.masq, p.forward) = (false, false);
+        let rules = std::sync::Arc::new(Rules::new(p, Some(netlink.clone())));
+        let task = tokio::spawn({
+            let rules = rules.clone();
+            async move {
+                rules
+                    .blackhole_loop(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+            }
+        });
         // Nothing before the first period (Go checks after one period).
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!sh(&["ip", "route"]).contains("blackhole"));
@@ -636,7 +713,7 @@ fn blackhole_route_present_after_one_tick() {
         sh(&["ip", "route", "del", "blackhole", "10.244.7.0/24"]);
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(sh(&["ip", "route"]).contains("blackhole 10.244.7.0/24"));
-        stop_tx.send(true).unwrap();
+        stop_tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(2), task)
             .await
             .expect("the blackhole task stops")
@@ -668,5 +745,61 @@ fn blackhole_leaves_a_bridge_route_alone() {
             .await
             .unwrap();
         assert_eq!(got, Blackhole::Present);
+    });
+}
+
+#[test]
+fn update_moves_rules_and_blackhole_route_to_the_new_lease() {
+    in_netns("upd", || async {
+        let (netlink, conn) = flannel_netlink::Netlink::connect().unwrap();
+        tokio::spawn(conn);
+        let mut p = plan(false);
+        p.v6 = None;
+        p.forward = false;
+        let rules = Rules::new(p.clone(), Some(netlink.clone()));
+        rules.setup().await.unwrap();
+        assert!(
+            rules
+                .status()
+                .programmed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        ensure_blackhole(&netlink, s4().addr().into(), 24)
+            .await
+            .unwrap();
+        assert_eq!(
+            nat_flannel("iptables"),
+            golden_postrouting(N4, S4, "224.0.0.0/4", true)
+        );
+
+        let s9: Ip4Net = "10.244.9.0/24".parse().unwrap();
+        let lease = flannel_core::lease::Lease::new(
+            flannel_core::key::SubnetKey::v4(s9),
+            flannel_core::lease::LeaseAttrs::default(),
+        );
+        let next = rules.plan().for_lease(&lease);
+        assert_eq!(next.previous.subnet, Some(s4()));
+        rules.update(next.clone()).await.unwrap();
+        assert_eq!(rules.plan(), next);
+        // Exactly Go's text for the new subnet: the old lines are gone.
+        assert_eq!(
+            nat_flannel("iptables"),
+            golden_postrouting(N4, "10.244.9.0/24", "224.0.0.0/4", true)
+        );
+        assert_eq!(
+            sh(&["ip", "route", "show", "proto", "boot"]),
+            "blackhole 10.244.9.0/24 \n"
+        );
+        // Nothing left to do.
+        let w = rules.driver().stats().writes;
+        assert!(!rules.driver().resync_once().await.unwrap());
+        assert_eq!(rules.driver().stats().writes, w);
+        // A mode switch at run time is refused.
+        let mut nft = next;
+        nft.nftables = true;
+        assert!(matches!(
+            rules.update(nft).await,
+            Err(flannel_traffic::TrafficError::ModeChange { .. })
+        ));
     });
 }
