@@ -84,16 +84,12 @@ fn in_net<F: IpFamily>(net: Option<Cidr<F>>, ip: IpAddr) -> bool {
 
 /// Whether a kernel route is host-gw's: `proto boot`, via a gateway on the
 /// external interface `oif`, to a destination inside the configured
-/// networks, and not our own subnet.
-pub fn owns(route: &Route, config: &NetConfig, lease: &Lease, oif: u32) -> bool {
-    let own = [
-        lease.subnet.map(|n| n.addr().to_ip()),
-        lease.ipv6_subnet.map(|n| n.addr().to_ip()),
-    ];
+/// networks. (Our own subnet's routes — the CNI bridge's, the blackhole
+/// route — have no gateway.)
+pub fn owns(route: &Route, config: &NetConfig, oif: u32) -> bool {
     route.protocol == RTPROT_BOOT
         && route.oif == Some(oif)
         && route.gateway.is_some()
-        && !own.contains(&Some(route.dst))
         && (in_net(config.network, route.dst) || in_net(config.ipv6_network, route.dst))
 }
 
@@ -142,11 +138,10 @@ pub fn network(
 ) -> RouteNetwork {
     let (v4, v6, oif) = (config.enable_ipv4, config.enable_ipv6, iface.index);
     let owner_cfg = config.clone();
-    let owner_lease = lease.clone();
     RouteNetwork::builder(ops, TYPE, lease, iface.mtu)
         .families(v4, v6)
         .routes(move |l| (l.attrs.backend_type == TYPE).then(|| desired_routes(&[l], v4, v6, oif)))
-        .owner(move |r| owns(r, &owner_cfg, &owner_lease, oif))
+        .owner(move |r| owns(r, &owner_cfg, oif))
         .resync_every(Some(RESYNC_INTERVAL))
         .build()
 }

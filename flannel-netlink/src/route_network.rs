@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flannel_core::backend::{BackendError, Network, RetryPolicy, follow_renewal};
+use flannel_core::backend::{BackendError, Network, RetryPolicy};
 use flannel_core::event::{EventKind, LeaseEvent};
 use flannel_core::lease::Lease;
 use flannel_core::reconcile::{Object, Reconciler, SyncReport};
@@ -237,6 +237,17 @@ impl Network for RouteNetwork {
     }
 
     async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
-        follow_renewal(&mut self.lease, lease, self.backend)
+        // The routes lead to the other nodes' subnets, so a move of our own
+        // subnet changes none of them: follow it.
+        if lease.key() != self.lease.key() {
+            info!(
+                "{}: our lease moved from {} to {}",
+                self.backend,
+                self.lease.key(),
+                lease.key()
+            );
+        }
+        self.lease = lease.clone();
+        Ok(())
     }
 }

@@ -185,7 +185,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Before subnet.env is rewritten: `previous` holds the last run's
     // network and subnet for the rule recycling. A failure exits 1 like Go;
     // the resync and blackhole tasks stop with `stop`.
-    let _rules = crate::traffic::start(
+    let rules = crate::traffic::start(
         &opts,
         &config,
         network.lease(),
@@ -217,9 +217,72 @@ pub async fn run(opts: Options) -> Result<()> {
         .with_options(runner_options)
         .with_executor(thread_executor("flannel-datapath"));
     health.set_runner(runner.status().clone());
-    runner.run(network.as_mut(), stopped(stop)).await?;
+    let follower = tokio::spawn(follow_lease(
+        runner.status().subscribe_lease(),
+        network.lease().clone(),
+        FollowTargets {
+            rules: rules.rules.clone(),
+            config: config.clone(),
+            mtu: network.mtu(),
+            ip_masq: opts.ip_masq,
+            subnet_file: opts.subnet_file.clone(),
+            health: health.clone(),
+        },
+    ));
+    let result = runner.run(network.as_mut(), stopped(stop)).await;
+    follower.abort();
+    result?;
     info!("Exiting cleanly...");
     Ok(())
+}
+
+/// What depends on the lease besides the datapath.
+struct FollowTargets {
+    rules: Arc<flannel_traffic::Rules>,
+    config: NetConfig,
+    mtu: u32,
+    ip_masq: bool,
+    subnet_file: std::path::PathBuf,
+    health: Arc<Health>,
+}
+
+/// Follows the runner's lease: when our subnet moves (the lease was deleted
+/// and its subnet taken by another node before we got it back), the traffic
+/// rules, the blackhole route and `subnet.env` are derived anew from the new
+/// lease, as at start.
+async fn follow_lease(
+    mut rx: watch::Receiver<Option<flannel_core::lease::Lease>>,
+    mut current: flannel_core::lease::Lease,
+    t: FollowTargets,
+) {
+    while rx.changed().await.is_ok() {
+        let Some(lease) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        t.health.set_lease(&lease);
+        if lease.key() == current.key() {
+            continue;
+        }
+        warn!(
+            "our lease moved from {} to {}; re-deriving the traffic rules, the blackhole route and subnet.env",
+            current.key(),
+            lease.key()
+        );
+        let plan = t.rules.plan().for_lease(&lease);
+        if let Err(e) = t.rules.update(plan).await {
+            error!(
+                "Failed to move the traffic rules to {}: {}",
+                lease.key(),
+                flannel_traffic::report(&e)
+            );
+        }
+        let env = SubnetEnv::new(&t.config, &lease, t.mtu, t.ip_masq);
+        match write_subnet_env(&t.subnet_file, &env) {
+            Ok(()) => info!("Wrote subnet file to {}", t.subnet_file.display()),
+            Err(e) => error!("Failed to write subnet file: {e}"),
+        }
+        current = lease;
+    }
 }
 
 /// Tells systemd we are ready (`Type=notify`), when it asked.
