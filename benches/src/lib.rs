@@ -1,13 +1,45 @@
 //! Shared helpers for the benchmark programs in `src/bin`: timing and the
-//! report line format (figure, baseline, ratio).
+//! report line format (figure, kind, baseline, ratio). The programs that run
+//! flanneld use `flannel_testutil::cluster`, the e2e tests' cluster.
 
 use std::time::Duration;
+
+/// What a figure's ratio to its baseline means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Like for like: the baseline does the same job by other means (the
+    /// same kernel state, the same traffic over the same rules); the ratio is
+    /// our overhead (above 1) or gain (below 1).
+    Comparison,
+    /// Ours against ours under another load (RSS with N leases against RSS
+    /// with none): the ratio is growth, not an overhead.
+    Growth,
+    /// The baseline is a floor or a smaller operation given for scale (the
+    /// raw etcd read inside an acquisition, the watch delivery a route
+    /// waits for, two `ip` commands against a whole flanneld start): the
+    /// ratio says how far above that floor we are, not how we compare with
+    /// another implementation.
+    Reference,
+}
+
+impl Kind {
+    /// `comparison`, `growth` or `reference`, as in the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Comparison => "comparison",
+            Kind::Growth => "growth",
+            Kind::Reference => "reference",
+        }
+    }
+}
 
 /// One measured figure next to its baseline.
 #[derive(Debug, Clone)]
 pub struct Figure {
     /// What was measured.
     pub name: String,
+    /// What the ratio to the baseline means.
+    pub kind: Kind,
     /// Our value.
     pub value: f64,
     /// Unit of both values.
@@ -27,8 +59,9 @@ impl Figure {
     /// One JSON object, for `target/bench-report.json`.
     pub fn to_json(&self) -> String {
         format!(
-            r#"{{"name":"{}","value":{:.3},"unit":"{}","baseline_name":"{}","baseline_value":{:.3},"ratio":{:.3}}}"#,
+            r#"{{"name":"{}","kind":"{}","value":{:.3},"unit":"{}","baseline_name":"{}","baseline_value":{:.3},"ratio":{:.3}}}"#,
             self.name,
+            self.kind.as_str(),
             self.value,
             self.unit,
             self.baseline_name,
@@ -40,8 +73,9 @@ impl Figure {
     /// One aligned table row.
     pub fn row(&self) -> String {
         format!(
-            "{:<48} {:>10.2} {:<3} | {:<40} {:>10.2} {:<3} | x{:.2}",
+            "{:<48} {:<10} {:>10.2} {:<3} | {:<40} {:>10.2} {:<3} | x{:.2}",
             self.name,
+            self.kind.as_str(),
             self.value,
             self.unit,
             self.baseline_name,

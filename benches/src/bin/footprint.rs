@@ -15,9 +15,12 @@
 //!
 //! The flanneld binary is the `flanneld` next to this program, or
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON lines.
+//! The RSS figure is of kind `growth` (ours against ours with no lease), the
+//! start-up figure of kind `reference` (two `ip` commands are a floor, not a
+//! flanneld start).
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use flannel_benches::{Figure, Res, err, flanneld_bin, in_ns, median_ms};
+use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, in_ns, median_ms};
 use flannel_netlink::{Family, Netlink};
 use flannel_testutil::cluster::{Backing, Cluster};
 use std::fs;
@@ -181,6 +184,7 @@ fn bench(c: &mut Cluster, n: usize) -> Res<Vec<Figure>> {
     Ok(vec![
         Figure {
             name: format!("flanneld RSS with {n} leases"),
+            kind: Kind::Growth,
             value: rss_n,
             unit: "MiB",
             baseline_name: "flanneld RSS with 0 leases".into(),
@@ -188,6 +192,7 @@ fn bench(c: &mut Cluster, n: usize) -> Res<Vec<Figure>> {
         },
         Figure {
             name: "flanneld start -> subnet.env".into(),
+            kind: Kind::Reference,
             value: median_ms(&mut ours),
             unit: "ms",
             baseline_name: "ip link add + ip addr add (vxlan)".into(),
