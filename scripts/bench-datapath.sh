@@ -9,11 +9,18 @@
 #   ours      flanneld on the embedded local store + our `flannel` CNI plugin
 #             (delegating to Debian's `bridge` and `host-local`), as demo.sh;
 #   baseline  no flanneld, no CNI: vxlan device / routes, bridge and pod veth
-#             made by hand with ip(8) (vxlan: MTU 1450, host-gw: MTU 1500).
+#             made by hand with ip(8) (vxlan: MTU 1450, host-gw: MTU 1500),
+#             on the same subnets and pod addresses as ours, carrying the
+#             same iptables rules: each ours host's rules (flanneld's
+#             FLANNEL-FWD forward accepts, and the bridge plugin's per-pod
+#             masquerade chain, which the CNI plugin turns on because flanneld
+#             runs without --ip-masq) are copied with iptables-save |
+#             iptables-restore and checked to be identical, so the kernel
+#             does the same netfilter work (conntrack, NAT) on both sides.
 # iperf3 runs pod 1 -> pod 2 with 1 and with 4 streams; ours and baseline
 # alternate, 3 runs each, and the median of end.sum_received.bits_per_second
 # is reported. Results: a table on stdout, and one JSON object per figure in
-# target/bench-datapath.jsonl (overwritten).
+# target/bench-datapath.jsonl (overwritten; kind "comparison": like for like).
 #
 # Run as root on Debian; it installs what it needs and builds in release mode.
 set -euo pipefail
@@ -21,7 +28,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,18p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,25p' "$0"; exit 0 ;; esac
 SECS=${1:-5}
 [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]  (a positive integer)" >&2; exit 2; }
 [ $# -le 1 ] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
@@ -32,7 +39,9 @@ BACKENDS=(vxlan host-gw)
 
 START=$(date +%s.%N)
 
-PACKAGES=(iproute2 iputils-ping iperf3 jq containernetworking-plugins protobuf-compiler libprotobuf-dev)
+# iptables: the bridge plugin's masquerade rules and the copy of the rules.
+PACKAGES=(iproute2 iputils-ping iperf3 jq containernetworking-plugins iptables protobuf-compiler
+          libprotobuf-dev)
 ensure_packages "${PACKAGES[@]}"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 
@@ -99,6 +108,13 @@ ours() {
         d="$WORK/$P/h$i"
         for _ in $(seq 1 300); do [ -s "$d/subnet.env" ] && break; sleep 0.05; done
         [ -s "$d/subnet.env" ] || { echo "ours/$B host $i: no subnet.env; log:"; cat "$d/flanneld.log"; exit 1; }
+        # The baseline copies these rules: wait for flanneld's forward rules.
+        for _ in $(seq 1 100); do
+            ip netns exec "$P-h$i" iptables -S FLANNEL-FWD 2>/dev/null | grep -q ACCEPT && break
+            sleep 0.05
+        done
+        ip netns exec "$P-h$i" iptables -S FLANNEL-FWD 2>/dev/null | grep -q ACCEPT \
+            || { echo "ours/$B host $i: no FLANNEL-FWD rules; log:"; cat "$d/flanneld.log"; exit 1; }
         newns "$P-p$i"
         cat >"$d/cni.conf" <<EOF
 {"cniVersion": "0.3.1", "name": "$NETNAME", "type": "flannel",
@@ -111,33 +127,67 @@ EOF
     done
 }
 
-# baseline BACKEND PREFIX: the same topology, everything made by hand.
+# lease_net OURS I: the network address of host I's lease in topology OURS
+# (FLANNEL_SUBNET=10.244.33.1/24 -> 10.244.33.0).
+lease_net() {
+    local first
+    first=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$1/h$2/subnet.env")
+    first=${first%/*}
+    echo "${first%.*}.0"
+}
+
+# rules NS: NS's iptables and ip6tables rules without comments and counters.
+rules() {
+    { ip netns exec "$1" iptables-save; ip netns exec "$1" ip6tables-save; } |
+        grep -v '^#' | sed 's/ \[[0-9]*:[0-9]*\]$//'
+}
+
+# copy_rules FROM TO: loads host FROM's iptables and ip6tables rules into
+# host TO and checks both now carry the same rules.
+copy_rules() {
+    local from=$1 to=$2
+    ip netns exec "$from" iptables-save | ip netns exec "$to" iptables-restore
+    ip netns exec "$from" ip6tables-save | ip netns exec "$to" ip6tables-restore
+    if [ "$(rules "$from")" != "$(rules "$to")" ]; then
+        echo "the baseline host $to does not carry the rules of $from:" >&2
+        diff <(rules "$from") <(rules "$to") >&2
+        exit 1
+    fi
+}
+
+# baseline BACKEND PREFIX OURS: the same topology, everything made by hand, on
+# the subnets and pod addresses of topology OURS, with OURS' iptables rules.
 baseline() {
-    local B=$1 P=$2 i j h mtu
+    local B=$1 P=$2 O=$3 i j h mtu net_i net_j gw pod
     hosts "$P"
     if [ "$B" = vxlan ]; then mtu=1450; else mtu=1500; fi
     for i in 1 2; do
         h="$P-h$i"
         j=$((3 - i))
+        net_i=$(lease_net "$O" "$i")
+        net_j=$(lease_net "$O" "$j")
+        gw="${net_i%.0}.1"
+        pod=$(podip "$O-p$i")
         if [ "$B" = vxlan ]; then
             ip -n "$h" link add vx0 type vxlan id 1 local "192.168.100.$i" dev eth0 dstport 8472 nolearning
             ip -n "$h" link set vx0 address "0e:fb:00:00:00:0$i" mtu 1450 up
-            ip -n "$h" addr add "10.244.$i.0/32" dev vx0
-            ip -n "$h" neigh add "10.244.$j.0" lladdr "0e:fb:00:00:00:0$j" dev vx0 nud permanent
+            ip -n "$h" addr add "$net_i/32" dev vx0
+            ip -n "$h" neigh add "$net_j" lladdr "0e:fb:00:00:00:0$j" dev vx0 nud permanent
             bridge -n "$h" fdb append "0e:fb:00:00:00:0$j" dev vx0 dst "192.168.100.$j"
-            ip -n "$h" route add "10.244.$j.0/24" via "10.244.$j.0" dev vx0 onlink
+            ip -n "$h" route add "$net_j/24" via "$net_j" dev vx0 onlink
         else
-            ip -n "$h" route add "10.244.$j.0/24" via "192.168.100.$j" dev eth0
+            ip -n "$h" route add "$net_j/24" via "192.168.100.$j" dev eth0
         fi
         ip -n "$h" link add cni0 type bridge
         ip -n "$h" link set cni0 mtu "$mtu" up
-        ip -n "$h" addr add "10.244.$i.1/24" dev cni0
+        ip -n "$h" addr add "$gw/24" dev cni0
         newns "$P-p$i"
         ip -n "$h" link add "veth$i" mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns "$P-p$i"
         ip -n "$h" link set "veth$i" master cni0 up
-        ip -n "$P-p$i" addr add "10.244.$i.2/24" dev eth0
+        ip -n "$P-p$i" addr add "$pod/24" dev eth0
         ip -n "$P-p$i" link set eth0 up
-        ip -n "$P-p$i" route add default via "10.244.$i.1"
+        ip -n "$P-p$i" route add default via "$gw"
+        copy_rules "$O-h$i" "$h"
     done
 }
 
@@ -189,13 +239,15 @@ NAMES=()
 for B in "${BACKENDS[@]}"; do
     say "$B: ours (flanneld + flannel CNI) and baseline (hand-made) topologies"
     ours "$B" "${TAG}o"
-    baseline "$B" "${TAG}b"
+    baseline "$B" "${TAG}b" "${TAG}o"
     server "${TAG}o"
     server "${TAG}b"
     DST_O=$(ready "${TAG}o")
     DST_B=$(ready "${TAG}b")
     echo "  ours:     pod $(podip "${TAG}o-p1") -> $DST_O, MTU $(ip -n "${TAG}o-p1" -o link show eth0 | awk '{for (k = 1; k < NF; k++) if ($k == "mtu") print $(k + 1)}')"
     echo "  baseline: pod $(podip "${TAG}b-p1") -> $DST_B, MTU $(ip -n "${TAG}b-p1" -o link show eth0 | awk '{for (k = 1; k < NF; k++) if ($k == "mtu") print $(k + 1)}')"
+    echo "  iptables rules on each host (both topologies):"
+    rules "${TAG}o-h1" | sed 's/^/    /'
     for n in "${STREAMS[@]}"; do
         name=$(label "$n" "$B")
         NAMES+=("$name")
@@ -229,12 +281,12 @@ for name in "${NAMES[@]}"; do
     ratio=$(awk -v x="$o" -v y="$b" 'BEGIN {printf "%.3f", (y > 0 ? x / y : 0)}')
     printf '%-18s | %13.2f | %17.2f | %5.2f\n' "$name" "$o" "$b" "$ratio"
     case "$name" in
-        vxlan*) bname="hand-made kernel vxlan ${name#vxlan }" ;;
-        *) bname="hand-made kernel routes ${name#host-gw }" ;;
+        vxlan*) bname="hand-made kernel vxlan, same rules, ${name#vxlan }" ;;
+        *) bname="hand-made kernel routes, same rules, ${name#host-gw }" ;;
     esac
     jq -nc --arg name "$name" --argjson value "$o" --arg bname "$bname" --argjson bvalue "$b" \
         --argjson ratio "$ratio" \
-        '{name: $name, value: $value, unit: "Gbit/s", baseline_name: $bname, baseline_value: $bvalue, ratio: $ratio}' >>"$OUT"
+        '{name: $name, kind: "comparison", value: $value, unit: "Gbit/s", baseline_name: $bname, baseline_value: $bvalue, ratio: $ratio}' >>"$OUT"
 done
 END=$(date +%s.%N)
 echo

@@ -14,10 +14,15 @@
 #               vs raw etcd watch delivery (benches/src/bin/converge.rs)
 #   footprint   flanneld RSS with 5,000 leases vs 0; start -> subnet.env
 #               vs ip link add + ip addr add (benches/src/bin/footprint.rs)
-#   datapath    pod-to-pod iperf3 vs hand-made kernel setup
-#               (scripts/bench-datapath.sh, BENCH_DATAPATH_SECS per run, default 5)
+#   datapath    pod-to-pod iperf3 vs hand-made kernel setup with the same
+#               iptables rules (scripts/bench-datapath.sh, BENCH_DATAPATH_SECS
+#               per run, default 5)
 # Every JSON figure line goes to target/bench-report.json (a JSON array); a
-# table of all figures (name, value, unit, baseline, ratio) is printed last.
+# table of all figures (name, kind, value, unit, baseline, ratio) is printed
+# last. The kind says what the ratio means: "comparison" (like for like: the
+# baseline does the same job by other means), "growth" (ours against ours
+# under less load) or "reference" (the baseline is a floor or a smaller
+# operation given for scale, not the same work).
 # A failing bench is reported and the others still run; the exit status is
 # then 1.
 set -uo pipefail
@@ -25,7 +30,7 @@ cd "$(dirname "$0")/.." || exit 1
 . scripts/lib.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,23p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,29p' "$0"; exit 0 ;; esac
 [ $# -eq 0 ] || { echo "usage: $0  (no arguments; see --help)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces)" >&2; exit 1; }
 DATAPATH_SECS=${BENCH_DATAPATH_SECS:-5}
@@ -82,22 +87,22 @@ fi
 
 jq -s . "$WORK/figures.jsonl" >"$REPORT" || { echo "invalid JSON figure lines" >&2; exit 1; }
 
-say "all figures (ratio = value / baseline)"
-jq -r '.[] | [.name, .value, .unit, .baseline_name, .baseline_value, .ratio] | @tsv' "$REPORT" | awk -F'\t' '
+say "all figures (ratio = value / baseline; kind: comparison = like for like, growth = ours under less load, reference = a floor for scale)"
+jq -r '.[] | [.name, .kind, .value, .unit, .baseline_name, .baseline_value, .ratio] | @tsv' "$REPORT" | awk -F'\t' '
     function put(r, i, v) { cell[r, i] = v; if (length(v) > w[i]) w[i] = length(v) }
-    BEGIN { split("figure|value|unit|baseline|value|ratio", h, "|"); for (i = 1; i <= 6; i++) put(1, i, h[i]) }
+    BEGIN { split("figure|kind|value|unit|baseline|value|ratio", h, "|"); for (i = 1; i <= 7; i++) put(1, i, h[i]) }
     {
         r = NR + 1
-        put(r, 1, $1); put(r, 2, sprintf("%.2f", $2)); put(r, 3, $3)
-        put(r, 4, $4); put(r, 5, sprintf("%.2f", $5)); put(r, 6, sprintf("x%.2f", $6))
+        put(r, 1, $1); put(r, 2, $2); put(r, 3, sprintf("%.2f", $3)); put(r, 4, $4)
+        put(r, 5, $5); put(r, 6, sprintf("%.2f", $6)); put(r, 7, sprintf("x%.2f", $7))
     }
     END {
         for (r = 1; r <= NR + 1; r++) {
-            printf "%-*s  %*s %-*s | %-*s  %*s | %*s\n", w[1], cell[r, 1], w[2], cell[r, 2], w[3], cell[r, 3],
-                w[4], cell[r, 4], w[5], cell[r, 5], w[6], cell[r, 6]
+            printf "%-*s  %-*s  %*s %-*s | %-*s  %*s | %*s\n", w[1], cell[r, 1], w[2], cell[r, 2], w[3], cell[r, 3],
+                w[4], cell[r, 4], w[5], cell[r, 5], w[6], cell[r, 6], w[7], cell[r, 7]
             if (r == 1) {
                 line = ""
-                for (i = 1; i <= w[1] + w[2] + w[3] + w[4] + w[5] + w[6] + 12; i++) line = line "-"
+                for (i = 1; i <= w[1] + w[2] + w[3] + w[4] + w[5] + w[6] + w[7] + 14; i++) line = line "-"
                 print line
             }
         }

@@ -5,11 +5,22 @@
 //! free loopback ports with a private temporary data directory, optionally
 //! with client TLS and client-certificate authentication.
 //!
+//! [`netns`] builds network-namespace test "hosts" ([`netns::Topology`]),
+//! and, with the `cluster` feature, `cluster::Cluster` runs real `flanneld`
+//! processes on them (against such an etcd or the embedded local store) with
+//! pods attached through the `flannel` CNI plugin: the end-to-end harness of
+//! flanneld's e2e and reliability tests and of the benchmark programs.
+//!
 //! Nothing here is meant for production code; this crate is `publish = false`.
+//!
+//! Features: `cluster` (off by default) adds the `cluster` module; it
+//! pulls in `etcd-client` and `tokio`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod etcd;
 pub mod netns;
 

@@ -14,18 +14,19 @@
 //! every host's flanneld log and kernel state (`FLANNEL_E2E_VERBOSE=1` prints
 //! them for passing tests too).
 
-#[path = "e2e/harness.rs"]
-mod harness;
-
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use flannel_testutil::netns::{NetNs, veth_pair};
-use harness::{
-    Backing, CONVERGE, Cluster, PREFIX, env_value, tcp_transfer, v4_subnet, v6_subnet, wait_until,
+use flannel_testutil::cluster::{
+    Backing, CONVERGE, Cluster, PREFIX, env_value, ping, tcp_transfer, v4_subnet, v6_subnet,
+    wait_until,
 };
+use flannel_testutil::netns::{NetNs, veth_pair};
+
+/// The daemon under test.
+const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
 
 const VXLAN_CONFIG: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 
@@ -82,7 +83,7 @@ fn wait_vxlan_peer(c: &Cluster, i: usize, dev: &str, net: &str, mac: &str, pub_i
 #[test]
 fn vxlan_three_hosts_etcd() {
     let t0 = Instant::now();
-    let mut c = Cluster::new("vx3", 3, false, Backing::Etcd, VXLAN_CONFIG);
+    let mut c = Cluster::new(FLANNELD, "vx3", 3, false, Backing::Etcd, VXLAN_CONFIG);
     c.start_all();
     let nets = check_v4_envs(&mut c, 1450);
     assert_distinct(&nets);
@@ -180,7 +181,7 @@ fn vxlan_three_hosts_etcd() {
         let pub_ip = c.host_ip(other).to_string();
         wait_vxlan_peer(&c, i, "flannel.1", &nets[other], &macs[other], &pub_ip);
     }
-    harness::ping(&c.pod(0).ns, IpAddr::V4(c.pod(1).v4), CONVERGE).expect("pod 1 -> pod 2");
+    ping(&c.pod(0).ns, IpAddr::V4(c.pod(1).v4), CONVERGE).expect("pod 1 -> pod 2");
     eprintln!(
         "vxlan_three_hosts_etcd: up in {t_up:?}, total {:?}",
         t0.elapsed()
@@ -191,6 +192,7 @@ fn vxlan_three_hosts_etcd() {
 fn hostgw_three_hosts_etcd() {
     let t0 = Instant::now();
     let mut c = Cluster::new(
+        FLANNELD,
         "hg3",
         3,
         false,
@@ -246,7 +248,7 @@ fn hostgw_three_hosts_etcd() {
     c.ip(0, &["route", "del", &format!("{}/24", nets[1])]);
     let took = wait_route(&c, 0, 1);
     eprintln!("host 1: deleted route restored after {took:?}");
-    harness::ping(&c.pod(0).ns, IpAddr::V4(c.pod(1).v4), CONVERGE).expect("pod 1 -> pod 2");
+    ping(&c.pod(0).ns, IpAddr::V4(c.pod(1).v4), CONVERGE).expect("pod 1 -> pod 2");
     eprintln!("hostgw_three_hosts_etcd: total {:?}", t0.elapsed());
 }
 
@@ -254,6 +256,7 @@ fn hostgw_three_hosts_etcd() {
 fn vxlan_dual_stack() {
     let t0 = Instant::now();
     let mut c = Cluster::new(
+        FLANNELD,
         "vx6",
         2,
         true,
@@ -338,6 +341,7 @@ fn vxlan_dual_stack() {
 /// VNI, port and GBP reach flannel.<VNI>; traffic flows over it.
 fn vxlan_vni_port_gbp() {
     let mut c = Cluster::new(
+        FLANNELD,
         "vxopt",
         2,
         false,
@@ -393,6 +397,7 @@ fn vxlan_vni_port_gbp() {
 /// 192.168.200.3 reached via 192.168.100.3) keeps the vxlan route.
 fn vxlan_direct_routing() {
     let mut c = Cluster::new(
+        FLANNELD,
         "vxdr",
         3,
         false,
@@ -490,7 +495,7 @@ fn vxlan_options_reach_the_kernel() {
 #[test]
 fn interop_with_a_go_style_host() {
     let t0 = Instant::now();
-    let mut c = Cluster::new("gox", 3, false, Backing::Etcd, VXLAN_CONFIG);
+    let mut c = Cluster::new(FLANNELD, "gox", 3, false, Backing::Etcd, VXLAN_CONFIG);
     c.start(0, &[]);
     c.start(1, &[]);
     let nets: Vec<String> = (0..2)
@@ -598,10 +603,9 @@ fn interop_with_a_go_style_host() {
     let pod3_ip: IpAddr = "10.244.200.2".parse().expect("ip");
     for i in 0..2 {
         let pod = c.pod(i);
-        harness::ping(&pod3, IpAddr::V4(pod.v4), CONVERGE)
+        ping(&pod3, IpAddr::V4(pod.v4), CONVERGE)
             .unwrap_or_else(|e| panic!("go pod -> pod {}: {e}", i + 1));
-        harness::ping(&pod.ns, pod3_ip, CONVERGE)
-            .unwrap_or_else(|e| panic!("pod {} -> go pod: {e}", i + 1));
+        ping(&pod.ns, pod3_ip, CONVERGE).unwrap_or_else(|e| panic!("pod {} -> go pod: {e}", i + 1));
     }
     c.ping_all_pairs(false);
     tcp_transfer(&pod3, pod3_ip, &c.pod(0).ns, 1 << 20);
@@ -632,7 +636,7 @@ fn datapath_snapshot(c: &Cluster, i: usize) -> String {
 #[test]
 fn restart_keeps_datapath_and_identity() {
     let t0 = Instant::now();
-    let mut c = Cluster::new("rst", 2, false, Backing::Local, VXLAN_CONFIG);
+    let mut c = Cluster::new(FLANNELD, "rst", 2, false, Backing::Local, VXLAN_CONFIG);
     c.start_all();
     let nets = check_v4_envs(&mut c, 1450);
     let env_before = std::fs::read_to_string(c.subnet_file(0)).expect("subnet.env");
@@ -720,7 +724,7 @@ fn restart_keeps_datapath_and_identity() {
     thread::sleep(Duration::from_millis(500));
     let mac2 = c.mac(1, "flannel.1");
     wait_vxlan_peer(&c, 0, "flannel.1", &nets[1], &mac2, "192.168.100.2");
-    harness::ping(&c.pod(0).ns, c.pod(1).v4.into(), Duration::from_secs(3))
+    ping(&c.pod(0).ns, c.pod(1).v4.into(), Duration::from_secs(3))
         .expect("pod 1 -> pod 2 after host 2's flanneld stopped");
     eprintln!(
         "restart_keeps_datapath_and_identity: total {:?}",

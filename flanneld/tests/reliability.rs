@@ -9,22 +9,21 @@
 //! with its name. Run: `cargo test -p flanneld --test reliability`
 //! (`--nocapture` shows the measured figures).
 
-#[allow(dead_code)]
-#[path = "e2e/harness.rs"]
-mod harness;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flannel_subnet::etcd::{EtcdConfig, EtcdStore};
-use flannel_testutil::etcd::EtcdServer;
+use flannel_testutil::cluster::{
+    Backing, CONVERGE, Cluster, env_value, link_mac, ping, v4_subnet, wait_until,
+};
 use flannel_testutil::netns::NetNs;
-use harness::{Backing, CONVERGE, Cluster, ETCD_IP, env_value, ping, v4_subnet, wait_until};
+
+/// The daemon under test.
+const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
 
 const VXLAN_CONFIG: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 const HOSTGW_CONFIG: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
@@ -97,19 +96,77 @@ fn wait_readyz(c: &Cluster, i: usize, want: u16, within: Duration) -> Result<Dur
     }
 }
 
-/// A sample's value in a Prometheus exposition.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (n, v) = l.split_once(' ')?;
-        (n == name).then(|| v.trim().parse().ok()).flatten()
-    })
+/// Host `i`'s `/metrics` (the Prometheus exposition); panics unless it is
+/// served with status 200.
+fn metrics(c: &Cluster, i: usize) -> Metrics {
+    match health_get(c, i, "/metrics") {
+        Ok((200, body)) if body.contains("# TYPE") => Metrics {
+            host: i + 1,
+            text: body,
+        },
+        other => panic!("host {}: GET /metrics: {other:?}", i + 1),
+    }
 }
 
-/// Host `i`'s `/metrics` if served (200), else `None`.
-fn metrics(c: &Cluster, i: usize) -> Option<String> {
-    match health_get(c, i, "/metrics") {
-        Ok((200, body)) if body.contains("# TYPE") => Some(body),
-        _ => None,
+/// One scrape of a host's `/metrics`.
+struct Metrics {
+    host: usize,
+    text: String,
+}
+
+impl Metrics {
+    /// The value of the unlabelled sample `name`; panics when it is absent.
+    fn get(&self, name: &str) -> f64 {
+        self.text
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(' ')?;
+                (n == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "host {}: no sample {name} in /metrics:\n{}",
+                    self.host, self.text
+                )
+            })
+    }
+
+    /// Asserts the sample `name` equals `want`.
+    fn expect(&self, name: &str, want: f64, when: &str) {
+        let got = self.get(name);
+        assert_eq!(got, want, "host {}: {name} {when}", self.host);
+    }
+
+    /// The checks that hold whenever a host of a 2-node 10.244.0.0/16 vxlan
+    /// network holds its lease: build info, health, capacity, lease expiry
+    /// (24 h ahead), no renewal or re-acquisition, no datapath error.
+    fn expect_steady(&self, when: &str) {
+        let build = format!(
+            "flannel_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(
+            self.text.lines().any(|l| l == build),
+            "host {}: no `{build}` in /metrics {when}:\n{}",
+            self.host,
+            self.text
+        );
+        self.expect("flannel_healthy", 1.0, when);
+        // 10.244.1.0/24 .. 10.244.255.0/24 (SubnetMin and SubnetMax defaults).
+        self.expect("flannel_subnets_total", 255.0, when);
+        self.expect("flannel_reconcile_errors_total", 0.0, when);
+        self.expect("flannel_lease_renewals_total", 0.0, when);
+        self.expect("flannel_lease_reacquisitions_total", 0.0, when);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64();
+        let ahead = self.get("flannel_lease_expiry_timestamp_seconds") - now;
+        assert!(
+            (23.0 * 3600.0..=24.0 * 3600.0 + 60.0).contains(&ahead),
+            "host {}: the lease expires {ahead:.0} s from now {when} (want about 24 h)",
+            self.host
+        );
     }
 }
 
@@ -174,7 +231,7 @@ fn vtep_state(c: &Cluster, i: usize, net: &str, mac: &str) -> Result<(), String>
         .host(i)
         .ip(&["-4", "-o", "addr", "show", "dev", "flannel.1"])
         .map_err(|e| e.to_string())?;
-    let got_mac = harness::link_mac(&link).unwrap_or_default();
+    let got_mac = link_mac(&link).unwrap_or_default();
     if got_mac == mac && link.contains(",UP") && addrs.contains(&format!("inet {net}/32")) {
         Ok(())
     } else {
@@ -265,65 +322,6 @@ impl Drop for Pinger {
     }
 }
 
-/// An etcd this test controls (stop/restart), in the switch namespace on
-/// [`ETCD_IP`]; prints its log tail when the test fails.
-struct OwnEtcd {
-    server: EtcdServer,
-    switch: String,
-}
-
-impl OwnEtcd {
-    fn start(c: &Cluster, config: &str) -> OwnEtcd {
-        c.topo
-            .switch
-            .ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"])
-            .expect("etcd address on br0");
-        let server = EtcdServer::start_in_netns(c.topo.switch.name(), IpAddr::V4(ETCD_IP))
-            .unwrap_or_else(|e| panic!("starting etcd (Debian package etcd-server): {e}"));
-        let endpoint = server.endpoint();
-        let config = config.to_owned();
-        c.topo.switch.run(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(async move {
-                let cfg = EtcdConfig {
-                    endpoints: vec![endpoint],
-                    ..EtcdConfig::default()
-                };
-                let store = EtcdStore::connect(cfg).await.expect("connect to etcd");
-                store.put_config(&config).await.expect("put_config");
-            })
-        });
-        OwnEtcd {
-            server,
-            switch: c.topo.switch.name().to_owned(),
-        }
-    }
-
-    /// flanneld flags selecting this etcd (they override the harness's
-    /// local-store flags: flanneld's flags override themselves).
-    fn flags(&self) -> [String; 2] {
-        [
-            "--subnet-manager=etcd".to_owned(),
-            format!("--etcd-endpoints={}", self.server.endpoint()),
-        ]
-    }
-}
-
-impl Drop for OwnEtcd {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!(
-                "----- etcd (in {}) log -----\n{}",
-                self.switch,
-                self.server.log_tail(30)
-            );
-        }
-    }
-}
-
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -332,16 +330,14 @@ fn strs(v: &[String]) -> Vec<&str> {
 
 /// 60 s of etcd outage under continuous pod traffic: no packet lost,
 /// `/readyz` 503 during and 200 soon after, little CPU, few log lines,
-/// `/metrics` follow, and a host joining after the outage is seen by all.
+/// `/metrics` follow (readiness, reconnects, lease counts, no datapath
+/// error), and a host joining after the outage is seen by all.
 #[test]
 fn etcd_outage_under_traffic() {
     const OUTAGE: Duration = Duration::from_secs(60);
-    let mut c = Cluster::new("eout", 3, false, Backing::Local, VXLAN_CONFIG);
-    let mut etcd = OwnEtcd::start(&c, VXLAN_CONFIG);
+    let mut c = Cluster::new(FLANNELD, "eout", 3, false, Backing::Etcd, VXLAN_CONFIG);
     for i in 0..2 {
-        let mut args = etcd.flags().to_vec();
-        args.extend(healthz_flags(&c, i));
-        c.start(i, &strs(&args));
+        c.start(i, &strs(&healthz_flags(&c, i)));
     }
     let nets: Vec<String> = (0..2).map(|i| lease_net(&mut c, i)).collect();
     let macs: Vec<String> = (0..2).map(|i| c.mac(i, "flannel.1")).collect();
@@ -359,9 +355,22 @@ fn etcd_outage_under_traffic() {
             panic!("before the outage: {e}");
         }
     }
-    let metrics_before: Vec<Option<String>> = (0..2).map(|i| metrics(&c, i)).collect();
-    let served = metrics_before.iter().all(Option::is_some);
-    eprintln!("/metrics served: {served}");
+    let metrics_before: Vec<Metrics> = (0..2).map(|i| metrics(&c, i)).collect();
+    for m in &metrics_before {
+        let when = "before the outage";
+        m.expect_steady(when);
+        m.expect("flannel_ready", 1.0, when);
+        m.expect("flannel_datastore_reconnects_total", 0.0, when);
+        m.expect("flannel_leases_known", 1.0, when);
+        m.expect("flannel_subnets_used", 2.0, when);
+        let events = m.get("flannel_lease_events_total");
+        assert!(
+            events >= 1.0,
+            "host {}: flannel_lease_events_total {events} before the outage (the peer's lease \
+             was applied)",
+            m.host
+        );
+    }
 
     let pinger = Pinger::start(&c.pod(0).ns, c.pod(1).v4, &c.dir.path().join("ping.out"));
     thread::sleep(Duration::from_secs(2));
@@ -370,11 +379,11 @@ fn etcd_outage_under_traffic() {
     let pids: Vec<u32> = (0..2).map(|i| c.daemon(i).pid()).collect();
     let cpu_before: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
     let lines_before: Vec<usize> = (0..2).map(|i| line_count(&c.log(i))).collect();
-    etcd.server.stop();
+    c.etcd_server().stop();
     let down = Instant::now();
     let mut went_503: Vec<Option<Duration>> = vec![None; 2];
     let mut body_503 = String::new();
-    let mut ready_metric_during: Vec<Option<f64>> = vec![None; 2];
+    let mut metrics_during: Vec<Option<Metrics>> = vec![None, None];
     let mut ready_during_outage: Vec<Vec<String>> = vec![Vec::new(); 2];
     while down.elapsed() < OUTAGE {
         for i in 0..2 {
@@ -393,11 +402,8 @@ fn etcd_outage_under_traffic() {
                     }
                 }
             }
-            if went_503[i].is_some()
-                && ready_metric_during[i].is_none()
-                && let Some(m) = metrics(&c, i)
-            {
-                ready_metric_during[i] = metric(&m, "flannel_ready");
+            if went_503[i].is_some() && metrics_during[i].is_none() {
+                metrics_during[i] = Some(metrics(&c, i));
             }
         }
         let pause = if went_503.iter().all(Option::is_some) {
@@ -423,7 +429,7 @@ fn etcd_outage_under_traffic() {
         .collect();
 
     // ---- etcd returns
-    etcd.server
+    c.etcd_server()
         .restart()
         .unwrap_or_else(|e| panic!("restarting etcd: {e}"));
     let up = Instant::now();
@@ -436,12 +442,10 @@ fn etcd_outage_under_traffic() {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    let metrics_after: Vec<Option<String>> = (0..2).map(|i| metrics(&c, i)).collect();
+    let metrics_after: Vec<Metrics> = (0..2).map(|i| metrics(&c, i)).collect();
 
     // ---- a third host joins after the outage
-    let mut args = etcd.flags().to_vec();
-    args.extend(healthz_flags(&c, 2));
-    c.start(2, &strs(&args));
+    c.start(2, &strs(&healthz_flags(&c, 2)));
     let net3 = lease_net(&mut c, 2);
     let joined = Instant::now();
     let mac3 = c.mac(2, "flannel.1");
@@ -455,6 +459,25 @@ fn etcd_outage_under_traffic() {
             .unwrap_or_else(|e| panic!("host {}: host 3 (joined after the outage): {e}", i + 1))
         })
         .collect();
+    // The runner counts host 3's lease once it has applied it, which the
+    // routes above show; the scrape may still be a moment behind.
+    let metrics_joined: Vec<Metrics> = (0..2)
+        .map(|i| {
+            wait_until(Duration::from_secs(5), || {
+                let m = metrics(&c, i);
+                let (known, used) = (m.get("flannel_leases_known"), m.get("flannel_subnets_used"));
+                if known == 2.0 && used == 3.0 {
+                    Ok(m)
+                } else {
+                    Err(format!(
+                        "flannel_leases_known {known}, flannel_subnets_used {used} (want 2, 3)"
+                    ))
+                }
+            })
+            .map(|(m, _)| m)
+            .unwrap_or_else(|e| panic!("host {}: /metrics after host 3 joined: {e}", i + 1))
+        })
+        .collect();
     c.add_pod(2);
     for (from, to) in [(0, 2), (2, 1)] {
         ping(&c.pod(from).ns, IpAddr::V4(c.pod(to).v4), CONVERGE)
@@ -462,10 +485,6 @@ fn etcd_outage_under_traffic() {
     }
     thread::sleep(Duration::from_secs(1));
     let report = pinger.stop();
-    // flanneld first, then etcd (which drops before the cluster).
-    for d in &mut c.daemons {
-        d.take();
-    }
 
     // ---- report, then assert
     eprintln!(
@@ -515,31 +534,33 @@ fn etcd_outage_under_traffic() {
             outage_logs[i]
         );
     }
-    if served {
-        for i in 0..2 {
-            let h = i + 1;
-            let before = metrics_before[i].as_deref().unwrap_or_default();
-            let after = metrics_after[i]
-                .as_deref()
-                .unwrap_or_else(|| panic!("host {h}: /metrics gone after the outage"));
-            let name = "flannel_datastore_reconnects_total";
-            let (b, a) = (metric(before, name), metric(after, name));
-            eprintln!("host {h}: {name} {b:?} -> {a:?}");
-            assert!(
-                matches!((b, a), (Some(b), Some(a)) if a > b),
-                "host {h}: {name} did not increase: {b:?} -> {a:?}"
-            );
-            assert_eq!(
-                ready_metric_during[i],
-                Some(0.0),
-                "host {h}: flannel_ready during the outage"
-            );
-            assert_eq!(
-                metric(after, "flannel_ready"),
-                Some(1.0),
-                "host {h}: flannel_ready after the outage"
-            );
-        }
+    for i in 0..2 {
+        let h = i + 1;
+        let (before, after, joined) = (&metrics_before[i], &metrics_after[i], &metrics_joined[i]);
+        let during = metrics_during[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("host {h}: /metrics not scraped during the outage"));
+        during.expect("flannel_ready", 0.0, "during the outage");
+        during.expect("flannel_healthy", 1.0, "during the outage");
+        during.expect("flannel_leases_known", 1.0, "during the outage");
+        let name = "flannel_datastore_reconnects_total";
+        let (b, a) = (before.get(name), after.get(name));
+        eprintln!("host {h}: {name} {b} -> {a}");
+        assert!(a > b, "host {h}: {name} did not increase: {b} -> {a}");
+        let when = "after the outage";
+        after.expect_steady(when);
+        after.expect("flannel_ready", 1.0, when);
+        after.expect("flannel_leases_known", 1.0, when);
+        after.expect("flannel_subnets_used", 2.0, when);
+        let when = "after host 3 joined";
+        joined.expect_steady(when);
+        joined.expect("flannel_ready", 1.0, when);
+        let name = "flannel_lease_events_total";
+        let (a, j) = (after.get(name), joined.get(name));
+        assert!(
+            j > a,
+            "host {h}: {name} did not count host 3's lease: {a} -> {j}"
+        );
     }
 }
 
@@ -547,7 +568,7 @@ fn etcd_outage_under_traffic() {
 /// and the peer route (host-gw): flanneld puts them back.
 #[test]
 fn admin_damage_is_repaired() {
-    let mut c = Cluster::new("dmg", 2, false, Backing::Etcd, VXLAN_CONFIG);
+    let mut c = Cluster::new(FLANNELD, "dmg", 2, false, Backing::Etcd, VXLAN_CONFIG);
     c.start_all();
     let nets: Vec<String> = (0..2).map(|i| lease_net(&mut c, i)).collect();
     let macs: Vec<String> = (0..2).map(|i| c.mac(i, "flannel.1")).collect();
@@ -607,7 +628,7 @@ fn admin_damage_is_repaired() {
     drop(c);
 
     // 4. host-gw: the peer route.
-    let mut g = Cluster::new("dmgw", 2, false, Backing::Etcd, HOSTGW_CONFIG);
+    let mut g = Cluster::new(FLANNELD, "dmgw", 2, false, Backing::Etcd, HOSTGW_CONFIG);
     g.start_all();
     let gnets: Vec<String> = (0..2).map(|i| lease_net(&mut g, i)).collect();
     let gdst = format!("{}/24", gnets[1]);
@@ -636,7 +657,7 @@ fn stale_state_is_collected_at_start() {
     const STALE_NET: &str = "10.244.250.0";
     const STALE_MAC: &str = "0e:aa:bb:cc:dd:fa";
     const STALE_VTEP: &str = "192.168.100.77";
-    let mut c = Cluster::new("stale", 2, false, Backing::Etcd, VXLAN_CONFIG);
+    let mut c = Cluster::new(FLANNELD, "stale", 2, false, Backing::Etcd, VXLAN_CONFIG);
     c.start(1, &[]);
     let net2 = lease_net(&mut c, 1);
     let mac2 = c.mac(1, "flannel.1");
@@ -747,7 +768,7 @@ fn stale_state_is_collected_at_start() {
 /// again within 3 s with the same subnet.
 #[test]
 fn sigterm_restart_keeps_readiness_and_routes() {
-    let mut c = Cluster::new("term", 2, false, Backing::Etcd, VXLAN_CONFIG);
+    let mut c = Cluster::new(FLANNELD, "term", 2, false, Backing::Etcd, VXLAN_CONFIG);
     let flags: Vec<Vec<String>> = (0..2).map(|i| healthz_flags(&c, i).to_vec()).collect();
     for (i, f) in flags.iter().enumerate() {
         c.start(i, &strs(f));

@@ -1,8 +1,8 @@
 //! How fast a new lease in etcd becomes a route on the other hosts.
 //!
 //! Three network-namespace hosts on one bridge run the release `flanneld`
-//! (vxlan) against a real etcd in the switch namespace, as the e2e suite
-//! does. From host 1 the bench writes leases of fake remote nodes straight
+//! (vxlan) against a real etcd in the switch namespace: the e2e suite's
+//! cluster (`flannel_testutil::cluster`). From host 1 the bench writes leases of fake remote nodes straight
 //! into etcd (Go's JSON, with a 24 h etcd lease as Go's `createSubnet`
 //! attaches), and measures from just before the PUT:
 //! - ours: until the route to the new subnet is in the kernel of hosts 2
@@ -18,12 +18,14 @@
 //!
 //! The flanneld binary is the `flanneld` next to this program, or
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON lines.
+//! Every figure is of kind `reference`: the watch delivery is the floor a
+//! route waits for, not another way of programming it.
 
 use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchOptions};
-use flannel_benches::{Daemon, Figure, Res, err, flanneld_bin, in_ns, median_ms};
+use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, in_ns, median_ms};
 use flannel_netlink::{Family, Netlink};
-use flannel_testutil::etcd::EtcdServer;
-use flannel_testutil::netns::{NetNs, Topology};
+use flannel_testutil::cluster::{Backing, Cluster};
+use flannel_testutil::netns::NetNs;
 use futures_util::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
@@ -31,9 +33,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::AsyncSocket;
 use rtnetlink::MulticastGroup;
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -41,7 +41,6 @@ const HOSTS: usize = 3;
 const ROUNDS: usize = 50;
 const BURST: usize = 1_000;
 const TXN_OPS: usize = 125;
-const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.1.0.0", "SubnetMax": "10.1.255.0", "Backend": {"Type": "vxlan"}}"#;
 const DEV: &str = "flannel.1";
@@ -379,11 +378,13 @@ fn wait_routes(ns: &NetNs, n: usize) -> Res<()> {
     })
 }
 
-fn bench(topo: &Topology, endpoint: &str, daemons: &mut [Daemon], dir: &Path) -> Res<Vec<Figure>> {
-    for (i, d) in daemons.iter_mut().enumerate() {
-        d.wait_env(&dir.join(format!("h{}", i + 1)).join("subnet.env"), TIMEOUT)
-            .map_err(|e| format!("host {}: {e}", i + 1))?;
+fn bench(c: &mut Cluster) -> Res<Vec<Figure>> {
+    for i in 0..HOSTS {
+        c.wait_env_within(i, None, TIMEOUT);
     }
+    let endpoint = c.etcd_endpoint();
+    let endpoint = endpoint.as_str();
+    let topo = &c.topo;
     for h in &topo.hosts {
         wait_routes(&h.ns, HOSTS - 1)?;
     }
@@ -426,16 +427,15 @@ fn bench(topo: &Topology, endpoint: &str, daemons: &mut [Daemon], dir: &Path) ->
             let _ = stx.send(());
         }
         let r = res.map_err(|e| {
-            let logs: Vec<String> = daemons
-                .iter()
-                .enumerate()
-                .map(|(i, d)| format!("host {} flanneld log:\n{}", i + 1, d.log_tail()))
+            let logs: Vec<String> = (0..HOSTS)
+                .map(|i| format!("host {} flanneld log:\n{}", i + 1, c.log_tail(i, 15)))
                 .collect();
             format!("{e}\n{}", logs.join("\n"))
         })?;
         Ok(vec![
             Figure {
                 name: "convergence median".into(),
+                kind: Kind::Reference,
                 value: median_ms(&mut r.conv.clone()),
                 unit: "ms",
                 baseline_name: "etcd watch delivery median".into(),
@@ -443,6 +443,7 @@ fn bench(topo: &Topology, endpoint: &str, daemons: &mut [Daemon], dir: &Path) ->
             },
             Figure {
                 name: "convergence p99".into(),
+                kind: Kind::Reference,
                 value: quantile_ms(&mut r.conv.clone(), 0.99),
                 unit: "ms",
                 baseline_name: "etcd watch delivery p99".into(),
@@ -450,6 +451,7 @@ fn bench(topo: &Topology, endpoint: &str, daemons: &mut [Daemon], dir: &Path) ->
             },
             Figure {
                 name: format!("convergence of a {BURST}-lease burst"),
+                kind: Kind::Reference,
                 value: r.burst_conv.as_secs_f64() * 1000.0,
                 unit: "ms",
                 baseline_name: format!("etcd watch delivery of all {BURST}"),
@@ -461,35 +463,10 @@ fn bench(topo: &Topology, endpoint: &str, daemons: &mut [Daemon], dir: &Path) ->
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bin = flanneld_bin()?;
-    let dir = tempfile::Builder::new()
-        .prefix("flannel-bench-converge-")
-        .tempdir()?;
-    let topo = Topology::builder()
-        .hosts(HOSTS)
-        .name_hint("bconv")
-        .build()?;
-    topo.switch
-        .ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"])?;
-    let etcd = EtcdServer::start_in_netns(topo.switch.name(), IpAddr::V4(ETCD_IP))?;
-    let endpoint = etcd.endpoint();
-    let ep = endpoint.clone();
-    in_ns(&topo.switch, async move || {
-        let mut c = Client::connect([ep], None).await.map_err(err)?;
-        c.put("/coreos.com/network/config", CONFIG, None)
-            .await
-            .map_err(err)?;
-        Ok(())
-    })?;
-    let mut daemons = Vec::new();
-    for (i, h) in topo.hosts.iter().enumerate() {
-        let hd = dir.path().join(format!("h{}", i + 1));
-        fs::create_dir_all(&hd)?;
-        daemons.push(Daemon::start(&bin, &h.ns, &hd, &endpoint)?);
-    }
-    let figures = bench(&topo, &endpoint, &mut daemons, dir.path());
-    drop(daemons);
-    drop(etcd);
-    let figures = figures?;
+    let mut c = Cluster::new(&bin, "bconv", HOSTS, false, Backing::Etcd, CONFIG);
+    c.start_all();
+    let figures = bench(&mut c)?;
+    drop(c);
     for f in &figures {
         println!("{}", f.row());
     }

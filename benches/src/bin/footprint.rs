@@ -2,7 +2,8 @@
 //!
 //! One network-namespace host (`eth0` = `192.168.100.1/24` on a bridge) runs
 //! the release `flanneld` (vxlan) against a real etcd in the switch
-//! namespace, as the e2e suite does. Side by side:
+//! namespace: the e2e suite's cluster (`flannel_testutil::cluster`). Side by
+//! side:
 //! - start-up: from spawning flanneld to its `subnet.env` (median of
 //!   `STARTS` starts, each with `flannel.1` deleted first so the device is
 //!   created again) vs the minimal kernel work of that start done by hand,
@@ -14,30 +15,30 @@
 //!
 //! The flanneld binary is the `flanneld` next to this program, or
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON lines.
+//! The RSS figure is of kind `growth` (ours against ours with no lease), the
+//! start-up figure of kind `reference` (two `ip` commands are a floor, not a
+//! flanneld start).
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use flannel_benches::{Daemon, Figure, Res, err, flanneld_bin, in_ns, median_ms};
+use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, in_ns, median_ms};
 use flannel_netlink::{Family, Netlink};
-use flannel_testutil::etcd::EtcdServer;
-use flannel_testutil::netns::{NetNs, Topology};
+use flannel_testutil::cluster::{Backing, Cluster};
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const STARTS: usize = 5;
 const TXN_OPS: usize = 125;
-const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": "10.1.0.0", "SubnetMax": "10.1.255.0", "Backend": {"Type": "vxlan"}}"#;
 const DEV: &str = "flannel.1";
 const TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(1);
 
-/// Waits until `flannel.1` in `ns` carries `n` routes; returns how long
+/// Waits until `flannel.1` in host 1 carries `n` routes; returns how long
 /// that took.
-fn wait_routes(ns: &NetNs, n: usize, daemon: &mut Daemon) -> Res<Duration> {
+fn wait_routes(c: &Cluster, n: usize) -> Res<Duration> {
+    let ns = c.host(0);
     let start = Instant::now();
     let res = in_ns(ns, async move || {
         let (nl, conn) = Netlink::connect().map_err(err)?;
@@ -55,25 +56,15 @@ fn wait_routes(ns: &NetNs, n: usize, daemon: &mut Daemon) -> Res<Duration> {
         }
         Err(format!("{count} of {n} routes on {DEV} after {TIMEOUT:?}"))
     });
-    res.map_err(|e| format!("{e}; flanneld log:\n{}", daemon.log_tail()))
+    res.map_err(|e| format!("{e}; flanneld log:\n{}", c.log_tail(0, 15)))
 }
 
-/// Removes what a previous start left: `flannel.1` and `subnet.env`.
-fn reset(ns: &NetNs, env: &Path) {
-    let _ = ns.ip(&["link", "del", DEV]);
-    let _ = fs::remove_file(env);
-}
-
-fn etcd<T: Send>(
-    switch: &NetNs,
-    endpoint: &str,
-    f: impl AsyncFnOnce(Client) -> Res<T> + Send,
-) -> Res<T> {
-    let ep = endpoint.to_owned();
-    in_ns(switch, async move || {
-        let client = Client::connect([ep], None).await.map_err(err)?;
-        f(client).await
-    })
+/// Stops host 1's flanneld and removes what its start left: `flannel.1`
+/// and `subnet.env`.
+fn reset(c: &mut Cluster) {
+    c.daemons[0] = None;
+    let _ = c.host(0).ip(&["link", "del", DEV]);
+    let _ = fs::remove_file(c.subnet_file(0));
 }
 
 /// Writes `n` remote leases (Go's JSON, one 24 h etcd lease).
@@ -110,19 +101,19 @@ async fn fill(mut client: Client, n: usize) -> Res<()> {
 }
 
 /// The RSS (MiB) of a fresh flanneld once `routes` routes are programmed.
-fn rss_with(bin: &Path, host: &NetNs, hd: &Path, endpoint: &str, routes: usize) -> Res<f64> {
-    let env = hd.join("subnet.env");
-    reset(host, &env);
-    let mut d = Daemon::start(bin, host, hd, endpoint)?;
-    d.wait_env(&env, TIMEOUT)?;
-    let took = wait_routes(host, routes, &mut d)?;
+fn rss_with(c: &mut Cluster, routes: usize) -> Res<f64> {
+    reset(c);
+    c.start(0, &[]);
+    c.wait_env_within(0, None, TIMEOUT);
+    let took = wait_routes(c, routes)?;
     std::thread::sleep(SETTLE);
-    let (rss, hwm) = d.rss_mib()?;
+    let mem = c.daemon(0).memory().map_err(err)?;
     eprintln!(
         "{routes} remote leases: routes programmed {took:?} after subnet.env; \
-         VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB"
+         VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        mem.rss_mib, mem.hwm_mib
     );
-    Ok(rss)
+    Ok(mem.rss_mib)
 }
 
 fn run(program: &str, args: &[&str]) -> Res<()> {
@@ -141,25 +132,18 @@ fn run(program: &str, args: &[&str]) -> Res<()> {
     }
 }
 
-fn bench(topo: &Topology, endpoint: &str, dir: &Path, n: usize) -> Res<Vec<Figure>> {
-    let bin = flanneld_bin()?;
-    let host = &topo.host(0).ns;
-    let hd = dir.join("h1");
-    fs::create_dir_all(&hd).map_err(err)?;
-    let env = hd.join("subnet.env");
-
+fn bench(c: &mut Cluster, n: usize) -> Res<Vec<Figure>> {
     let mut ours = Vec::new();
     let mut base = Vec::new();
     for k in 1..=STARTS {
-        reset(host, &env);
+        reset(c);
         let t = Instant::now();
-        let mut d = Daemon::start(&bin, host, &hd, endpoint)?;
-        d.wait_env(&env, TIMEOUT)?;
+        c.start(0, &[]);
+        c.wait_env_within(0, None, TIMEOUT);
         let o = t.elapsed();
-        drop(d);
 
-        reset(host, &env);
-        let ns = host.name();
+        reset(c);
+        let ns = c.host(0).name();
         let t = Instant::now();
         run(
             "ip",
@@ -191,15 +175,16 @@ fn bench(topo: &Topology, endpoint: &str, dir: &Path, n: usize) -> Res<Vec<Figur
         base.push(b);
     }
 
-    let rss0 = rss_with(&bin, host, &hd, endpoint, 0)?;
+    let rss0 = rss_with(c, 0)?;
     let t = Instant::now();
-    etcd(&topo.switch, endpoint, async move |c| fill(c, n).await)?;
+    c.with_etcd(async move |client| fill(client, n).await)?;
     eprintln!("wrote {n} leases in {:?}", t.elapsed());
-    let rss_n = rss_with(&bin, host, &hd, endpoint, n)?;
+    let rss_n = rss_with(c, n)?;
 
     Ok(vec![
         Figure {
             name: format!("flanneld RSS with {n} leases"),
+            kind: Kind::Growth,
             value: rss_n,
             unit: "MiB",
             baseline_name: "flanneld RSS with 0 leases".into(),
@@ -207,6 +192,7 @@ fn bench(topo: &Topology, endpoint: &str, dir: &Path, n: usize) -> Res<Vec<Figur
         },
         Figure {
             name: "flanneld start -> subnet.env".into(),
+            kind: Kind::Reference,
             value: median_ms(&mut ours),
             unit: "ms",
             baseline_name: "ip link add + ip addr add (vxlan)".into(),
@@ -221,21 +207,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(5_000);
-    let dir = tempfile::Builder::new()
-        .prefix("flannel-bench-footprint-")
-        .tempdir()?;
-    let topo = Topology::builder().hosts(1).name_hint("bfoot").build()?;
-    topo.switch
-        .ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"])?;
-    let etcd_server = EtcdServer::start_in_netns(topo.switch.name(), IpAddr::V4(ETCD_IP))?;
-    let endpoint = etcd_server.endpoint();
-    etcd(&topo.switch, &endpoint, async |mut c: Client| {
-        c.put("/coreos.com/network/config", CONFIG, None)
-            .await
-            .map_err(err)?;
-        Ok(())
-    })?;
-    let figures = bench(&topo, &endpoint, dir.path(), n)?;
+    let bin = flanneld_bin()?;
+    let mut c = Cluster::new(&bin, "bfoot", 1, false, Backing::Etcd, CONFIG);
+    let figures = bench(&mut c, n)?;
+    drop(c);
     for f in &figures {
         println!("{}", f.row());
     }

@@ -15,11 +15,12 @@
 //!
 //! Every step is checked with `ip neigh`, `bridge fdb` and `ip route`
 //! (all `N` entries present after programming, none left after removal).
-//! Rounds alternate ours and baseline; medians are reported. Prints one row
+//! Rounds alternate ours and baseline; medians are reported (kind
+//! `comparison`: both leave the same kernel state). Prints one row
 //! per figure and the figures as JSON lines.
 
 use flannel_backend_vxlan::state::{Peer, peer_for};
-use flannel_benches::{Figure, Res, median_ms};
+use flannel_benches::{Figure, Kind, Res, median_ms};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_netlink::{Netlink, VxlanSpec, format_mac};
 use flannel_testutil::netns::NetNs;
@@ -299,6 +300,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let figures = [
         Figure {
             name: format!("program {n} vxlan leases"),
+            kind: Kind::Comparison,
             value: median_ms(&mut ours_add),
             unit: "ms",
             baseline_name: "ip -batch + bridge -batch".into(),
@@ -306,6 +308,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         Figure {
             name: format!("remove {n} vxlan leases"),
+            kind: Kind::Comparison,
             value: median_ms(&mut ours_del),
             unit: "ms",
             baseline_name: "ip -batch + bridge -batch deletes".into(),

@@ -1,12 +1,41 @@
-//! The e2e harness: a [`Cluster`] of test "hosts" (network namespaces on one
-//! bridge, see [`Topology`]) running real `flanneld` processes against a real
-//! etcd (in the switch namespace) or the embedded local store, with "pods"
-//! attached through our `flannel` CNI plugin, plus probes of the kernel state
-//! (`ip route`, `ip neigh`, `bridge fdb`) and of the data path (ping, TCP).
+//! End-to-end clusters: test "hosts" running real `flanneld` processes.
+//!
+//! A [`Cluster`] is a [`Topology`] (network namespaces on one bridge) whose
+//! hosts run the `flanneld` binary under test against a real etcd (in the
+//! switch namespace, on [`ETCD_IP`]) or the embedded local store, with "pods"
+//! attached through our `flannel` CNI plugin (delegating to Debian's `bridge`
+//! and `host-local`). It also probes the kernel state the way an operator
+//! would (`ip route`, `ip neigh`, `bridge fdb`) and the data path (ping,
+//! TCP). flanneld's end-to-end and reliability tests and the benchmark
+//! programs share it.
+//!
+//! The flanneld binary is a parameter of [`Cluster::new`]: flanneld's own
+//! tests pass `env!("CARGO_BIN_EXE_flanneld")`; other programs can resolve it
+//! with [`flanneld_from_env`] ([`FLANNELD_ENV`]). The CNI plugin is the
+//! `flannel` binary next to flanneld, built on demand (see [`cni_plugin`]).
 //!
 //! Everything is torn down by `Drop` (also on panic): flanneld processes are
-//! killed first, then etcd, then the namespaces; on panic the flanneld logs
-//! and each host's kernel state are printed (always with `FLANNEL_E2E_VERBOSE=1`).
+//! killed first, then the pods, etcd, the namespaces and the temporary
+//! directory; on panic each host's flanneld log and kernel state are printed
+//! (always with [`VERBOSE_ENV`] set).
+//!
+//! Helpers here panic with a message naming the host and the command, as a
+//! test assertion would: a cluster is test scaffolding, not a library.
+//!
+//! This module needs the `cluster` feature.
+//!
+//! ```no_run
+//! use flannel_testutil::cluster::{Backing, Cluster};
+//!
+//! let config = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+//! let mut c = Cluster::new("target/debug/flanneld", "doc", 2, false, Backing::Etcd, config);
+//! c.start_all();
+//! c.wait_env(0);
+//! c.wait_env(1);
+//! c.add_pod(0);
+//! c.add_pod(1);
+//! c.ping_all_pairs(false);
+//! ```
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -18,13 +47,15 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use flannel_subnet::etcd::{EtcdConfig, EtcdStore};
-use flannel_testutil::etcd::EtcdServer;
-use flannel_testutil::netns::{NetNs, Topology};
 use tempfile::TempDir;
 
-/// The daemon under test.
-pub const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
+use crate::TestUtilError;
+use crate::etcd::EtcdServer;
+use crate::netns::{NetNs, Topology};
+
+/// Environment variable naming the flanneld binary for programs that are not
+/// flanneld's own tests (read by [`flanneld_from_env`]).
+pub const FLANNELD_ENV: &str = "FLANNEL_TEST_FLANNELD";
 /// Debian's CNI plugins (`containernetworking-plugins`).
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// etcd's address on the switch bridge.
@@ -37,8 +68,36 @@ pub const VERBOSE_ENV: &str = "FLANNEL_E2E_VERBOSE";
 /// How long kernel state and data path may take to converge.
 pub const CONVERGE: Duration = Duration::from_secs(15);
 
-/// Checks (once) what the tests need besides root and etcd (whose own
-/// errors name them); panics naming the missing prerequisite.
+/// The flanneld binary named by [`FLANNELD_ENV`]; an error naming the
+/// variable when it is unset or names no file.
+pub fn flanneld_from_env() -> Result<PathBuf, TestUtilError> {
+    let missing = |what: String| {
+        TestUtilError::io(
+            format!("finding the flanneld binary through {FLANNELD_ENV}"),
+            std::io::Error::new(std::io::ErrorKind::NotFound, what),
+        )
+    };
+    let path = std::env::var_os(FLANNELD_ENV)
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            missing(format!(
+                "{FLANNELD_ENV} is not set: build flanneld (`cargo build -p flanneld`) and set \
+             {FLANNELD_ENV} to its path (e.g. target/debug/flanneld)"
+            ))
+        })?;
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(missing(format!(
+            "{FLANNELD_ENV}={} is not a file: build it with `cargo build -p flanneld`",
+            path.display()
+        )))
+    }
+}
+
+/// Checks (once) what a cluster needs besides root and etcd (whose own
+/// errors name them): iproute2, ping, iptables and Debian's CNI plugins;
+/// panics naming the missing prerequisite.
 pub fn prerequisites() {
     static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
     let res = CHECK.get_or_init(|| {
@@ -80,12 +139,15 @@ pub fn prerequisites() {
     }
 }
 
-/// The `flannel` CNI plugin binary next to flanneld, built with
-/// `cargo build -p flannel-cni` when it is missing or older than its sources.
-pub fn cni_plugin() -> PathBuf {
+/// The `flannel` CNI plugin binary next to `flanneld` (same Cargo profile
+/// directory), built with `cargo build -p flannel-cni` when it is missing or
+/// older than its sources; panics naming the binary when that fails.
+pub fn cni_plugin(flanneld: &Path) -> PathBuf {
+    // One build per process: every cluster of a test binary uses the same
+    // flanneld, hence the same plugin.
     static PLUGIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let res = PLUGIN.get_or_init(|| {
-        let profile_dir = Path::new(FLANNELD)
+        let profile_dir = flanneld
             .parent()
             .ok_or("flanneld binary has no parent directory")?;
         let bin = profile_dir.join("flannel");
@@ -166,8 +228,18 @@ pub fn wait_until<T>(
 
 /// One flanneld process (`ip netns exec <host> flanneld ...`), SIGKILLed on
 /// drop.
+#[derive(Debug)]
 pub struct Daemon {
     child: Child,
+}
+
+/// A process's memory, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Memory {
+    /// Resident set size now (`VmRSS`), MiB.
+    pub rss_mib: f64,
+    /// Peak resident set size (`VmHWM`), MiB.
+    pub hwm_mib: f64,
 }
 
 impl Daemon {
@@ -185,6 +257,43 @@ impl Daemon {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Its memory; an error if it has exited (or the pid now names another
+    /// program).
+    pub fn memory(&mut self) -> Result<Memory, TestUtilError> {
+        let pid = self.pid();
+        let gone = |what: String| {
+            TestUtilError::io(
+                format!("reading flanneld's memory (pid {pid})"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, what),
+            )
+        };
+        if let Some(status) = self.exited() {
+            return Err(gone(format!("flanneld has exited ({status})")));
+        }
+        let read = |file: &str| {
+            fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .map_err(|e| TestUtilError::io(format!("reading /proc/{pid}/{file}"), e))
+        };
+        let comm = read("comm")?;
+        if comm.trim() != "flanneld" {
+            return Err(gone(format!("pid {pid} is {}, not flanneld", comm.trim())));
+        }
+        let status = read("status")?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map(|kb| kb / 1024.0)
+                .ok_or_else(|| gone(format!("no {name} in /proc/{pid}/status")))
+        };
+        Ok(Memory {
+            rss_mib: field("VmRSS:")?,
+            hwm_mib: field("VmHWM:")?,
+        })
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit status.
@@ -210,6 +319,7 @@ impl Drop for Daemon {
 }
 
 /// Where the leases live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backing {
     /// A real etcd in the switch namespace on [`ETCD_IP`].
     Etcd,
@@ -217,12 +327,14 @@ pub enum Backing {
     Local,
 }
 
+#[derive(Debug)]
 enum Store {
     Etcd(Box<EtcdServer>),
     Local(PathBuf),
 }
 
 /// A pod: a namespace with `eth0` and its addresses.
+#[derive(Debug)]
 pub struct Pod {
     /// The pod's namespace.
     pub ns: NetNs,
@@ -234,6 +346,7 @@ pub struct Pod {
 
 /// A test cluster. Field order is drop order: daemons, pods, etcd,
 /// namespaces, temp dir.
+#[derive(Debug)]
 pub struct Cluster {
     /// flanneld per host (`None` when not running).
     pub daemons: Vec<Option<Daemon>>,
@@ -245,11 +358,31 @@ pub struct Cluster {
     /// The temp dir: `h<N>/` per host (subnet.env, flanneld.log, CNI dirs).
     pub dir: TempDir,
     name: String,
+    flanneld: PathBuf,
 }
 
 impl Cluster {
-    /// Builds `hosts` hosts (optionally with IPv6), the store with `config`.
-    pub fn new(name: &str, hosts: usize, ipv6: bool, backing: Backing, config: &str) -> Cluster {
+    /// Builds `hosts` hosts (optionally with IPv6) and the store holding
+    /// `config` (the `net-conf.json` text) for the `flanneld` binary at
+    /// `flanneld`; `name` makes the namespace and directory names readable.
+    ///
+    /// Panics naming what is missing: the flanneld binary, a prerequisite
+    /// (see [`prerequisites`]), root, or etcd.
+    pub fn new(
+        flanneld: impl AsRef<Path>,
+        name: &str,
+        hosts: usize,
+        ipv6: bool,
+        backing: Backing,
+        config: &str,
+    ) -> Cluster {
+        let flanneld = flanneld.as_ref().to_owned();
+        assert!(
+            flanneld.is_file(),
+            "the flanneld binary {} is missing: build it with `cargo build -p flanneld` \
+             (or point {FLANNELD_ENV} at one, for programs using flanneld_from_env)",
+            flanneld.display()
+        );
         prerequisites();
         let topo = Topology::builder()
             .hosts(hosts)
@@ -293,14 +426,28 @@ impl Cluster {
             topo,
             dir,
             name: name.to_owned(),
+            flanneld,
         };
         if matches!(c.store, Store::Etcd(_)) {
             let config = config.to_owned();
-            c.with_etcd(async move |store: EtcdStore| {
-                store.put_config(&config).await.expect("put_config");
+            c.with_etcd(async move |mut client: etcd_client::Client| {
+                client
+                    .put(format!("{PREFIX}/config"), config, None)
+                    .await
+                    .expect("put the network config into etcd");
             });
         }
         c
+    }
+
+    /// The flanneld binary this cluster runs.
+    pub fn flanneld(&self) -> &Path {
+        &self.flanneld
+    }
+
+    /// Whether the cluster has no hosts (never: a topology has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.topo.hosts.is_empty()
     }
 
     /// Number of hosts.
@@ -337,6 +484,11 @@ impl Cluster {
         fs::read_to_string(self.log_path(i)).unwrap_or_default()
     }
 
+    /// The last `n` lines of host `i`'s flanneld log.
+    pub fn log_tail(&self, i: usize, n: usize) -> String {
+        tail(&self.log(i), n)
+    }
+
     /// The local store directory.
     pub fn local_store(&self) -> &Path {
         match &self.store {
@@ -354,14 +506,10 @@ impl Cluster {
             .open(self.log_path(i))
             .expect("open flanneld log");
         let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            self.host(i).name(),
-            FLANNELD,
-            "--iface=eth0",
-        ])
-        .arg(format!("--subnet-file={}", self.subnet_file(i).display()));
+        cmd.args(["netns", "exec", self.host(i).name()])
+            .arg(&self.flanneld)
+            .arg("--iface=eth0")
+            .arg(format!("--subnet-file={}", self.subnet_file(i).display()));
         match &self.store {
             Store::Etcd(server) => {
                 cmd.arg(format!("--etcd-endpoints={}", server.endpoint()));
@@ -413,6 +561,14 @@ impl Cluster {
     /// `old` and returns its text; panics (with the log) if flanneld exits
     /// or [`CONVERGE`] passes. Also checks the file mode is 0644 (§4.2).
     pub fn wait_env_rewritten(&mut self, i: usize, old: Option<u64>) -> String {
+        self.wait_env_within(i, old, CONVERGE)
+    }
+
+    /// [`Cluster::wait_env_rewritten`] with a time limit of `within`.
+    ///
+    /// Polls every millisecond, so the time until the call returns measures
+    /// flanneld's start (the start-up benchmark relies on it).
+    pub fn wait_env_within(&mut self, i: usize, old: Option<u64>, within: Duration) -> String {
         use std::os::unix::fs::PermissionsExt;
         let start = Instant::now();
         loop {
@@ -435,14 +591,14 @@ impl Cluster {
                     self.log(i)
                 );
             }
-            if start.elapsed() > CONVERGE {
+            if start.elapsed() > within {
                 panic!(
-                    "host {}: no subnet.env after {CONVERGE:?}; log:\n{}",
+                    "host {}: no subnet.env after {within:?}; log:\n{}",
                     i + 1,
                     self.log(i)
                 );
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -537,33 +693,46 @@ impl Cluster {
             .unwrap_or_else(|| panic!("host {}: no ifindex in {out}", i + 1))
     }
 
-    /// Runs an async closure with an [`EtcdStore`] connected to the test
-    /// etcd, on a thread inside the switch namespace (etcd listens there).
-    pub fn with_etcd<T: Send>(&self, f: impl AsyncFnOnce(EtcdStore) -> T + Send) -> T {
-        let Store::Etcd(server) = &self.store else {
-            panic!("{}: not an etcd cluster", self.name)
-        };
-        let endpoint = server.endpoint();
+    /// The etcd server of an etcd-backed cluster (to stop and restart it).
+    pub fn etcd_server(&mut self) -> &mut EtcdServer {
+        match &mut self.store {
+            Store::Etcd(server) => server,
+            Store::Local(_) => panic!("{}: not an etcd cluster", self.name),
+        }
+    }
+
+    /// The etcd client URL (`http://192.168.100.254:<port>`), reachable from
+    /// every host.
+    pub fn etcd_endpoint(&self) -> String {
+        match &self.store {
+            Store::Etcd(server) => server.endpoint(),
+            Store::Local(_) => panic!("{}: not an etcd cluster", self.name),
+        }
+    }
+
+    /// Runs an async closure with an etcd client connected to the test
+    /// etcd, on a current-thread runtime in a thread inside the switch
+    /// namespace (etcd listens there).
+    pub fn with_etcd<T: Send>(&self, f: impl AsyncFnOnce(etcd_client::Client) -> T + Send) -> T {
+        let endpoint = self.etcd_endpoint();
         self.topo.switch.run(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
             rt.block_on(async move {
-                let cfg = EtcdConfig {
-                    endpoints: vec![endpoint],
-                    ..EtcdConfig::default()
-                };
-                let store = EtcdStore::connect(cfg).await.expect("connect to etcd");
-                f(store).await
+                let client = etcd_client::Client::connect([endpoint.as_str()], None)
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to etcd at {endpoint}: {e}"));
+                f(client).await
             })
         })
     }
 
     /// All lease kvs under `<prefix>/subnets/`: key → (value, etcd lease id).
     pub fn etcd_leases(&self) -> BTreeMap<String, (String, i64)> {
-        self.with_etcd(async |store: EtcdStore| {
-            let mut kv = store.client().kv_client();
+        self.with_etcd(async |client: etcd_client::Client| {
+            let mut kv = client.kv_client();
             let resp = kv
                 .get(
                     format!("{PREFIX}/subnets/"),
@@ -585,8 +754,8 @@ impl Cluster {
 
     /// The granted TTL (seconds) of an etcd lease.
     pub fn etcd_granted_ttl(&self, lease: i64) -> i64 {
-        self.with_etcd(async move |store: EtcdStore| {
-            let mut lc = store.client().lease_client();
+        self.with_etcd(async move |client: etcd_client::Client| {
+            let mut lc = client.lease_client();
             lc.time_to_live(lease, None)
                 .await
                 .expect("lease time-to-live")
@@ -597,8 +766,8 @@ impl Cluster {
     /// Deletes an etcd key.
     pub fn etcd_delete(&self, key: &str) {
         let key = key.to_owned();
-        self.with_etcd(async move |store: EtcdStore| {
-            let mut kv = store.client().kv_client();
+        self.with_etcd(async move |client: etcd_client::Client| {
+            let mut kv = client.kv_client();
             kv.delete(key, None).await.expect("delete key");
         });
     }
@@ -607,15 +776,14 @@ impl Cluster {
     /// attached, as Go flannel's `createSubnet` does.
     pub fn etcd_put_with_lease(&self, key: &str, value: &str, ttl: i64) {
         let (key, value) = (key.to_owned(), value.to_owned());
-        self.with_etcd(async move |store: EtcdStore| {
-            let id = store
-                .client()
+        self.with_etcd(async move |client: etcd_client::Client| {
+            let id = client
                 .lease_client()
                 .grant(ttl, None)
                 .await
                 .expect("lease grant")
                 .id();
-            let mut kv = store.client().kv_client();
+            let mut kv = client.kv_client();
             kv.put(
                 key,
                 value,
@@ -629,7 +797,7 @@ impl Cluster {
     /// Attaches a pod to host `i` through our CNI plugin (`CNI_COMMAND=ADD`,
     /// delegating to `bridge` + `host-local` from [`CNI_BIN_DIR`]).
     pub fn add_pod(&mut self, i: usize) -> &Pod {
-        let plugin = cni_plugin();
+        let plugin = cni_plugin(&self.flanneld);
         let pod = NetNs::new(&format!("{}-p{}", self.name, i + 1)).expect("pod namespace");
         for k in ["all", "default"] {
             let _ = pod.sysctl(&format!("net/ipv6/conf/{k}/accept_dad"), "0");
@@ -754,7 +922,7 @@ impl Drop for Cluster {
             eprintln!(
                 "----- host {} flanneld log -----\n{}",
                 i + 1,
-                tail(&self.log(i), 80)
+                self.log_tail(i, 80)
             );
             for args in [
                 &["-d", "link", "show"][..],
