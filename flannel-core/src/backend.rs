@@ -82,6 +82,7 @@ pub struct ExternalInterface {
 
 /// Errors from a backend.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// The backend's options in `net-conf.json` are invalid.
     #[error("invalid {backend} backend configuration: {reason}")]

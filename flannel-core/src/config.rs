@@ -47,6 +47,7 @@ pub const BACKEND_TYPES: &[&str] = &[
 /// Errors from parsing or validating a network configuration. The texts are
 /// Go flannel's, word for word.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// Malformed JSON or a JSON type mismatch.
     #[error(transparent)]

@@ -31,6 +31,7 @@ use std::time::SystemTime;
 
 /// A lease value that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LeaseError {
     /// Malformed JSON or a JSON type mismatch.
     #[error(transparent)]

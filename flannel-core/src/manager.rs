@@ -31,6 +31,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Errors from a subnet manager.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManagerError {
     /// The network configuration key or file does not exist.
     #[error("{0}")]

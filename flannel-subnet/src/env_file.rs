@@ -18,6 +18,7 @@ pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 
 /// A `subnet.env` that could not be read or written; names the path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SubnetFileError {
     /// Writing failed; the previous file (if any) is untouched.
     #[error("failed to write subnet file {path}: {source}")]

@@ -98,6 +98,7 @@ impl RunnerOptions {
 
 /// Errors that end [`Runner::run`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunnerError {
     /// The backend's driver loop failed, or the backend cannot follow a lease
     /// change in place.
