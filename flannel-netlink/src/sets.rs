@@ -1,5 +1,5 @@
 //! Kernel objects as [`reconcile`](flannel_core::reconcile) objects, and the
-//! [`ObjectSet`]s that list and change them through [`NetOps`]: routes of
+//! [`ObjectSet`]s that list and change them through [`NetOps`](crate::NetOps): routes of
 //! the main table, permanent neighbours of a device, FDB entries of a
 //! device.
 

@@ -46,6 +46,26 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Example: a node agent (store → backend → runner)
+//!
+//! The whole of a custom node agent, runnable, is
+//! `examples/node-agent/main.rs` in the workspace (`cargo run -p
+//! flannel-examples --bin node-agent`); its core:
+//!
+//! ```text
+//! let manager = Arc::new(LeaseManager::new(LocalStore::open(dir)?));
+//! let config = manager.get_network_config().await?;
+//! let host = HostContext::default().with_extension::<SharedOps>(Arc::new(netlink));
+//! let ctx = RegisterContext { config: &config, ext_iface: &ext, manager: manager.as_ref(),
+//!     previous_subnet: None, previous_ipv6_subnet: None, host: &host };
+//! let mut network = HostGwBackend.register_network(&ctx).await?;
+//! write_subnet_env(path, &SubnetEnv::new(&config, network.lease(), network.mtu(), false))?;
+//! Runner::new(manager)
+//!     .with_executor(thread_executor("datapath")) // a userspace datapath never stalls
+//!     .run(network.as_mut(), shutdown)            // shutdown: any future
+//!     .await?;
+//! ```
 pub mod allocator;
 pub mod env_file;
 #[cfg(feature = "etcd")]
