@@ -67,6 +67,10 @@ pub struct RunnerCounters {
     pub known_leases: u64,
     /// Duration of the last resync, in microseconds.
     pub last_resync_micros: u64,
+    /// Failed resyncs or event batches in a row (0 when in step).
+    pub consecutive_failures: u64,
+    /// Delay before the next retry, in milliseconds (0 when none is due).
+    pub retry_delay_millis: u64,
 }
 
 impl RunnerCounters {
@@ -82,6 +86,8 @@ impl RunnerCounters {
             reacquisitions: get(&status.reacquisitions),
             known_leases: get(&status.known_leases),
             last_resync_micros: get(&status.last_resync_micros),
+            consecutive_failures: get(&status.consecutive_failures),
+            retry_delay_millis: get(&status.retry_delay_millis),
         }
     }
 }

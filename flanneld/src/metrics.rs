@@ -122,6 +122,18 @@ pub fn render(health: &Health) -> String {
         "Duration of the last full datapath resync.",
         Some(&resync_secs),
     );
+    let failures = c.consecutive_failures as f64;
+    out.gauge(
+        "flannel_datapath_consecutive_failures",
+        "Failed resyncs or event batches since the datapath was last in step.",
+        Some(&failures),
+    );
+    let retry_secs = c.retry_delay_millis as f64 / 1e3;
+    out.gauge(
+        "flannel_datapath_retry_delay_seconds",
+        "Delay before the next retry of a failed resync (0 when none is due).",
+        Some(&retry_secs),
+    );
     out.counter(
         "flannel_lease_renewals_total",
         "Successful renewals of this node's lease.",

@@ -328,6 +328,8 @@ fn metrics_exposition() {
     s.reacquisitions.store(5, Ordering::Relaxed);
     s.known_leases.store(9, Ordering::Relaxed);
     s.last_resync_micros.store(1_500_000, Ordering::Relaxed);
+    s.consecutive_failures.store(6, Ordering::Relaxed);
+    s.retry_delay_millis.store(64_000, Ordering::Relaxed);
 
     let m = metrics(srv.addr);
     let expect = [
@@ -337,6 +339,8 @@ fn metrics_exposition() {
         ("flannel_reconcile_errors_total", "1"),
         ("flannel_resyncs_total", "3"),
         ("flannel_last_resync_duration_seconds", "1.5"),
+        ("flannel_datapath_consecutive_failures", "6"),
+        ("flannel_datapath_retry_delay_seconds", "64"),
         ("flannel_lease_renewals_total", "4"),
         ("flannel_lease_reacquisitions_total", "5"),
         // 10.5.1.0/24 ..= 10.5.255.0/24 (SubnetMin defaults to the second).
