@@ -860,31 +860,25 @@ impl TrafficManager for Iptables {
     async fn setup_masq(&self, v4: Option<Masq4>, v6: Option<Masq6>) -> Result<(), TrafficError> {
         let mut state = self.state.lock().await;
         let prev = self.options.previous;
-        if let Some((net, sub)) = v4 {
-            let previous = (
-                prev.network.map(|n| n.to_string()),
-                prev.subnet.map(|n| n.to_string()),
-            );
-            self.setup_masq_family(
-                &mut state,
-                IpFamily::V4,
-                (net.to_string(), sub.to_string()),
-                previous,
-            )
-            .await?;
-        }
-        if let Some((net, sub)) = v6 {
-            let previous = (
-                prev.ipv6_network.map(|n| n.to_string()),
-                prev.ipv6_subnet.map(|n| n.to_string()),
-            );
-            self.setup_masq_family(
-                &mut state,
-                IpFamily::V6,
-                (net.to_string(), sub.to_string()),
-                previous,
-            )
-            .await?;
+        let families = [
+            v4.map(|(n, s)| {
+                let p = (
+                    prev.network.map(|x| x.to_string()),
+                    prev.subnet.map(|x| x.to_string()),
+                );
+                (IpFamily::V4, (n.to_string(), s.to_string()), p)
+            }),
+            v6.map(|(n, s)| {
+                let p = (
+                    prev.ipv6_network.map(|x| x.to_string()),
+                    prev.ipv6_subnet.map(|x| x.to_string()),
+                );
+                (IpFamily::V6, (n.to_string(), s.to_string()), p)
+            }),
+        ];
+        for (family, current, previous) in families.into_iter().flatten() {
+            self.setup_masq_family(&mut state, family, current, previous)
+                .await?;
         }
         Ok(())
     }

@@ -369,26 +369,37 @@ pub enum Blackhole {
     Shadowed(String),
 }
 
+/// The main-table routes for exactly `dst/prefix`; `action` names why they
+/// are listed, for the error.
+async fn routes_for_prefix(
+    netlink: &Netlink,
+    dst: IpAddr,
+    prefix: u8,
+    action: &'static str,
+) -> Result<Vec<Route>, TrafficError> {
+    let want = Route::blackhole(dst, prefix);
+    let routes = netlink
+        .routes(Family::of(dst))
+        .await
+        .map_err(|source| TrafficError::Route {
+            action,
+            dst,
+            prefix,
+            source,
+        })?;
+    Ok(routes
+        .into_iter()
+        .filter(|r| r.dst == want.dst && r.prefix == want.prefix)
+        .collect())
+}
+
 /// Ensures `blackhole <dst>/<prefix> proto boot` in the main table.
 pub async fn ensure_blackhole(
     netlink: &Netlink,
     dst: IpAddr,
     prefix: u8,
 ) -> Result<Blackhole, TrafficError> {
-    let want = Route::blackhole(dst, prefix);
-    let routes = netlink
-        .routes(Family::of(dst))
-        .await
-        .map_err(|source| TrafficError::Route {
-            action: "listing routes to check",
-            dst,
-            prefix,
-            source,
-        })?;
-    let same: Vec<&Route> = routes
-        .iter()
-        .filter(|r| r.dst == want.dst && r.prefix == want.prefix)
-        .collect();
+    let same = routes_for_prefix(netlink, dst, prefix, "listing routes to check").await?;
     if same.iter().any(|r| r.kind == RouteKind::Blackhole) {
         return Ok(Blackhole::Present);
     }
@@ -396,7 +407,7 @@ pub async fn ensure_blackhole(
         return Ok(Blackhole::Shadowed(other.to_string()));
     }
     netlink
-        .replace_route(&want)
+        .replace_route(&Route::blackhole(dst, prefix))
         .await
         .map_err(|source| TrafficError::Route {
             action: "adding",
@@ -410,20 +421,8 @@ pub async fn ensure_blackhole(
 /// Deletes the blackhole route `<dst>/<prefix>` if there is one (any other
 /// route for that prefix is left alone).
 async fn remove_blackhole(netlink: &Netlink, dst: IpAddr, prefix: u8) -> Result<(), TrafficError> {
-    let want = Route::blackhole(dst, prefix);
-    let routes = netlink
-        .routes(Family::of(dst))
-        .await
-        .map_err(|source| TrafficError::Route {
-            action: "listing routes to delete",
-            dst,
-            prefix,
-            source,
-        })?;
-    for r in routes
-        .iter()
-        .filter(|r| r.dst == want.dst && r.prefix == want.prefix && r.kind == RouteKind::Blackhole)
-    {
+    let same = routes_for_prefix(netlink, dst, prefix, "listing routes to delete").await?;
+    for r in same.iter().filter(|r| r.kind == RouteKind::Blackhole) {
         netlink
             .del_route(r)
             .await
