@@ -44,12 +44,13 @@ struct Device {
     routes: Reconciler<Route>,
 }
 
-/// What one pass did to one device, per object kind.
-#[derive(Default)]
-struct Tally {
-    neighbours: SyncReport,
-    fdb: SyncReport,
-    routes: SyncReport,
+/// What one pass did to one device: neighbours, FDB entries, routes.
+type Tally = [SyncReport; 3];
+
+/// `f` of each kind in words: `2 neighbours, 2 fdb entries, 2 routes`.
+fn per_kind(t: &Tally, f: impl Fn(&SyncReport) -> usize) -> Option<String> {
+    let n = t.each_ref().map(f);
+    (n != [0; 3]).then(|| format!("{} neighbours, {} fdb entries, {} routes", n[0], n[1], n[2]))
 }
 
 impl Device {
@@ -93,36 +94,22 @@ impl Device {
             Arc::new(move |r: &Route| owns(&view, r)),
         );
         let mut errors = Vec::new();
-        let tally = Tally {
-            neighbours: one(
+        let e = &mut errors;
+        let neighbour_set = NeighbourSet::new(ops.clone(), index);
+        let fdb_set = FdbSet::new(ops.clone(), index);
+        let tally = [
+            one(
                 &mut self.neighbours,
-                &NeighbourSet::new(ops.clone(), index),
+                &neighbour_set,
                 &state.neighbours,
                 full,
-                &mut errors,
+                e,
             )
             .await,
-            fdb: one(
-                &mut self.fdb,
-                &FdbSet::new(ops.clone(), index),
-                &state.fdb,
-                full,
-                &mut errors,
-            )
-            .await,
-            routes: one(
-                &mut self.routes,
-                &route_set,
-                &state.routes,
-                full,
-                &mut errors,
-            )
-            .await,
-        };
-        for b in [&tally.neighbours, &tally.fdb, &tally.routes]
-            .into_iter()
-            .flat_map(|r| &r.newly_blocked)
-        {
+            one(&mut self.fdb, &fdb_set, &state.fdb, full, e).await,
+            one(&mut self.routes, &route_set, &state.routes, full, e).await,
+        ];
+        for b in tally.iter().flat_map(|r| &r.newly_blocked) {
             warn!("{b}");
         }
         (tally, errors)
@@ -353,11 +340,11 @@ impl VxlanNetwork {
                 .flatten();
             match peer_for(lease, &dev.view, oif) {
                 Ok(_) => info!("adding subnet: {} on {}", lease.key(), dev.name()),
-                Err(Skip::NoFamily | Skip::OtherType(_)) => {}
                 Err(why) => {
-                    let msg = skip_message(&lease.key().to_string(), dev, &why);
-                    warn!("{msg}");
-                    self.reported.insert(msg);
+                    if let Some(msg) = skip_message(&lease.key().to_string(), dev, &why) {
+                        warn!("{msg}");
+                        self.reported.insert(msg);
+                    }
                 }
             }
         }
@@ -417,16 +404,18 @@ fn disable_accept_ra(name: &str) {
 }
 
 /// The warning for a lease that gets no programming on `dev`.
-fn skip_message(key: &str, dev: &Device, why: &Skip) -> String {
+/// `None` when the skip is not worth a warning (another backend's lease, a
+/// family the lease lacks).
+fn skip_message(key: &str, dev: &Device, why: &Skip) -> Option<String> {
     match why {
-        Skip::BadData(e) => {
-            format!("lease {key}: error decoding subnet lease JSON: {e}; skipping it")
-        }
-        Skip::NotOurs(sn) => format!(
+        Skip::BadData(e) => Some(format!(
+            "lease {key}: error decoding subnet lease JSON: {e}; skipping it"
+        )),
+        Skip::NotOurs(sn) => Some(format!(
             "not programming lease {key} on {}: its subnet {sn} is outside the network this vxlan backend manages",
             dev.name()
-        ),
-        Skip::NoFamily | Skip::OtherType(_) => String::new(),
+        )),
+        Skip::NoFamily | Skip::OtherType(_) => None,
     }
 }
 
@@ -504,19 +493,9 @@ impl Network for VxlanNetwork {
             let (state, _) = desired_state(&dev.view, leases, &self.direct);
             let (tally, errs) = dev.apply(&self.ops, &state, false).await;
             errors.extend(errs);
-            debug!(
-                "{}: events applied: {}/{}/{} neighbours, {}/{}/{} fdb entries, {}/{}/{} routes added/changed/removed",
-                dev.name(),
-                tally.neighbours.added,
-                tally.neighbours.changed,
-                tally.neighbours.removed,
-                tally.fdb.added,
-                tally.fdb.changed,
-                tally.fdb.removed,
-                tally.routes.added,
-                tally.routes.changed,
-                tally.routes.removed
-            );
+            if let Some(done) = per_kind(&tally, |r| r.added + r.changed + r.removed) {
+                debug!("{}: events applied to {done}", dev.name());
+            }
         }
         BackendError::collect(errors)
     }
@@ -546,8 +525,7 @@ impl Network for VxlanNetwork {
             skips.extend(
                 skipped
                     .iter()
-                    .map(|(key, why)| skip_message(&key.to_string(), dev, why))
-                    .filter(|m| !m.is_empty()),
+                    .filter_map(|(key, why)| skip_message(&key.to_string(), dev, why)),
             );
             for (key, why) in &skipped {
                 if let Skip::OtherType(t) = why {
@@ -556,28 +534,16 @@ impl Network for VxlanNetwork {
             }
             let (t, errs) = dev.apply(&self.ops, &state, true).await;
             errors.extend(errs);
-            let fixed = (
-                t.neighbours.added + t.neighbours.changed,
-                t.fdb.added + t.fdb.changed,
-                t.routes.added + t.routes.changed,
-            );
-            if fixed != (0, 0, 0) {
+            if let Some(fixed) = per_kind(&t, |r| r.added + r.changed) {
                 info!(
-                    "{}: programmed {} neighbours, {} fdb entries, {} routes that were missing or wrong",
-                    dev.name(),
-                    fixed.0,
-                    fixed.1,
-                    fixed.2
+                    "{}: programmed {fixed} that were missing or wrong",
+                    dev.name()
                 );
             }
-            let removed = (t.neighbours.removed, t.fdb.removed, t.routes.removed);
-            if removed != (0, 0, 0) {
+            if let Some(removed) = per_kind(&t, |r| r.removed) {
                 info!(
-                    "{}: removed {} neighbours, {} fdb entries, {} routes of leases that no longer exist",
-                    dev.name(),
-                    removed.0,
-                    removed.1,
-                    removed.2
+                    "{}: removed {removed} of leases that no longer exist",
+                    dev.name()
                 );
             }
         }
