@@ -12,11 +12,21 @@
 //! exactly as Go flannel does, so Go and Rust nodes reach each other; with
 //! `DirectRouting` a peer on the same L2 segment gets a plain route instead.
 //!
-//! The kernel state is computed by a pure function ([`state::peer_for`]) and
-//! applied through `flannel-netlink`. [`VxlanNetwork::resync`] reconciles the
-//! full state: it recreates a deleted device, restores deleted entries and
-//! removes entries of leases that no longer exist. Shutdown leaves everything
-//! in place (zero-downtime restart; the device and its MAC are reused).
+//! The kernel state is a pure function ([`state::desired_state`]) of our
+//! devices, all remote leases and the DirectRouting decisions: per device a
+//! set of neighbours, FDB entries and routes. One
+//! [`Reconciler`](flannel_core::reconcile::Reconciler) per kind and device
+//! applies it, in Go's order (neighbours, FDB entries, routes): lease events
+//! are diffed against what was applied before, without listing the kernel;
+//! [`VxlanNetwork::resync`] lists the kernel, recreates a deleted device with
+//! its MAC, restores deleted entries and removes entries of leases that no
+//! longer exist. Only routes the backend owns ([`state::owns`]) are ever
+//! changed, and a lease whose subnet lies outside the configured network is
+//! never programmed. All kernel access goes through
+//! [`flannel_netlink::NetOps`], so the logic is unit-tested on
+//! `flannel_netlink::fake::FakeNetlink` without root. Shutdown leaves
+//! everything in place (zero-downtime restart; the device and its MAC are
+//! reused).
 //!
 //! Options (`Backend` object, keys case-insensitive): `VNI` (1), `Port`
 //! (0 = kernel default 8472), `MTU`, `GBP`, `Learning`, `DirectRouting`.

@@ -1,72 +1,143 @@
-//! The registered vxlan network: devices, per-lease programming, resync.
+//! The registered vxlan network: its devices, and the reconcilers that keep
+//! each device's neighbours, FDB entries and routes at the state
+//! [`desired_state`] derives from the leases.
 
 use crate::options::{OVERHEAD, TYPE, VxlanLeaseData, VxlanOptions};
-use crate::state::{Peer, Skip, parts, peer_for};
+use crate::state::{
+    DeviceState, DeviceView, Skip, desired_state, owns, parts, peer_for, public_ip,
+};
 use flannel_core::backend::{
     BackendError, Network, RegisterContext, ResyncTrigger, follow_renewal,
 };
 use flannel_core::event::{EventKind, LeaseEvent};
 use flannel_core::lease::{Lease, LeaseAttrs};
+use flannel_core::reconcile::{Object, ObjectSet, Reconciler, SyncReport};
+use flannel_netlink::sets::{FdbObject, FdbSet, Neighbour, NeighbourSet, RouteSet};
 use flannel_netlink::{
-    Family, LinkEvent, Mac, NetlinkError, Route, SharedOps, VxlanSpec, format_mac, parse_mac,
-    random_vtep_mac, reconcile_routes, watch_links,
+    Family, LinkEvent, Mac, Route, SharedOps, VxlanSpec, format_mac, parse_mac, random_vtep_mac,
+    watch_links,
 };
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
 /// How often the full state is checked and repaired.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 
-fn dp(object: String, e: NetlinkError) -> BackendError {
+fn dp(object: String, e: flannel_netlink::NetlinkError) -> BackendError {
     BackendError::datapath(object, e)
 }
 
-/// One family's device.
-#[derive(Debug, Clone)]
+/// One family's device and the reconcilers of what is programmed on it.
 struct Device {
-    v6: bool,
     spec: VxlanSpec,
-    index: u32,
     mac: Mac,
-    /// `<subnet>.0/32` or `<v6 subnet>/128`.
-    addr: (IpAddr, u8),
-    /// The overlay network of this family (for ownership of direct routes).
-    network: (IpAddr, u8),
+    /// Index, own address and network, as the desired state needs them.
+    view: DeviceView,
+    /// 32 or 128: the prefix of our address on the device.
+    own_prefix: u8,
+    neighbours: Reconciler<Neighbour>,
+    fdb: Reconciler<FdbObject>,
+    routes: Reconciler<Route>,
 }
 
-fn contains(net: (IpAddr, u8), ip: IpAddr) -> bool {
-    match (net.0, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            flannel_core::ip::Ip4Net::new(n, net.1).is_ok_and(|c| c.contains(a))
+/// What one pass did to one device: neighbours, FDB entries, routes.
+type Tally = [SyncReport; 3];
+
+/// `f` of each kind in words: `2 neighbours, 2 fdb entries, 2 routes`.
+fn per_kind(t: &Tally, f: impl Fn(&SyncReport) -> usize) -> Option<String> {
+    let n = t.each_ref().map(f);
+    (n != [0; 3]).then(|| format!("{} neighbours, {} fdb entries, {} routes", n[0], n[1], n[2]))
+}
+
+impl Device {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Applies `state` in Go's order (neighbours, FDB entries, routes):
+    /// against what was applied before (`full` false, no listing) or
+    /// against a fresh listing (`full` true). Every kind is tried even when
+    /// an earlier one failed; the failures are returned.
+    async fn apply(
+        &mut self,
+        ops: &SharedOps,
+        state: &DeviceState,
+        full: bool,
+    ) -> (Tally, Vec<BackendError>) {
+        async fn one<T: Object>(
+            r: &mut Reconciler<T>,
+            set: &dyn ObjectSet<T>,
+            want: &[T],
+            full: bool,
+            errors: &mut Vec<BackendError>,
+        ) -> SyncReport {
+            let res = if full {
+                r.resync(set, want).await
+            } else {
+                r.update(set, want).await
+            };
+            res.unwrap_or_else(|e| {
+                errors.push(e);
+                SyncReport::default()
+            })
         }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            flannel_core::ip::Ip6Net::new(n, net.1).is_ok_and(|c| c.contains(a))
+        let index = self.view.index;
+        let family = if self.view.v6 { Family::V6 } else { Family::V4 };
+        let view = self.view.clone();
+        let route_set = RouteSet::new(
+            ops.clone(),
+            vec![family],
+            Arc::new(move |r: &Route| owns(&view, r)),
+        );
+        let mut errors = Vec::new();
+        let e = &mut errors;
+        let neighbour_set = NeighbourSet::new(ops.clone(), index);
+        let fdb_set = FdbSet::new(ops.clone(), index);
+        let tally = [
+            one(
+                &mut self.neighbours,
+                &neighbour_set,
+                &state.neighbours,
+                full,
+                e,
+            )
+            .await,
+            one(&mut self.fdb, &fdb_set, &state.fdb, full, e).await,
+            one(&mut self.routes, &route_set, &state.routes, full, e).await,
+        ];
+        for b in tally.iter().flat_map(|r| &r.newly_blocked) {
+            warn!("{b}");
         }
-        _ => false,
+        (tally, errors)
     }
 }
 
 /// The vxlan network (see the crate docs).
 pub struct VxlanNetwork {
-    netlink: SharedOps,
+    ops: SharedOps,
     lease: Lease,
     mtu: u32,
     options: VxlanOptions,
     ext_index: u32,
     devices: Vec<Device>,
-    /// DirectRouting decisions by peer public IP. Like Go, a peer's
-    /// reachability is decided when its lease event arrives; resyncs reuse the
-    /// decision instead of asking the kernel again for every lease.
-    direct: std::sync::Mutex<HashMap<IpAddr, Option<u32>>>,
+    /// DirectRouting decisions by peer public IP: the external interface
+    /// for an on-link peer, `None` for one behind a gateway. Like Go, a
+    /// peer's reachability is decided when its lease event arrives; resyncs
+    /// reuse the decision instead of asking the kernel for every lease.
+    direct: HashMap<IpAddr, Option<u32>>,
+    /// Skipped leases already warned about (a resync every 10 s must not
+    /// repeat the warning); rebuilt from each resync's skips.
+    reported: HashSet<String>,
 }
 
 impl VxlanNetwork {
     /// Creates the devices, acquires the lease and configures the local side.
     pub async fn register(
-        netlink: SharedOps,
+        ops: SharedOps,
         ctx: &RegisterContext<'_>,
     ) -> Result<VxlanNetwork, BackendError> {
         let options = VxlanOptions::parse(ctx.config.backend.as_ref())?;
@@ -91,6 +162,7 @@ impl VxlanNetwork {
             if !enabled {
                 continue;
             }
+            let family = if v6 { 6 } else { 4 };
             let local = if v6 {
                 iface.ext_v6_addr.map(IpAddr::V6)
             } else {
@@ -98,10 +170,8 @@ impl VxlanNetwork {
             };
             let Some(local) = local else {
                 return Err(BackendError::Refused(format!(
-                    "IPv{} is enabled but the external interface {} has no IPv{} address",
-                    if v6 { 6 } else { 4 },
-                    iface.name,
-                    if v6 { 6 } else { 4 }
+                    "IPv{family} is enabled but the external interface {} has no IPv{family} address",
+                    iface.name
                 )));
             };
             let stored_mac = if v6 { &stored.v6 } else { &stored.v4 };
@@ -121,7 +191,7 @@ impl VxlanNetwork {
                         .unwrap_or_else(random_vtep_mac),
                 ),
             };
-            let ensured = netlink
+            let ensured = ops
                 .ensure_vxlan(&spec)
                 .await
                 .map_err(|e| dp(format!("vxlan device {}", spec.name), e))?;
@@ -136,11 +206,7 @@ impl VxlanNetwork {
                     spec.name
                 );
             }
-            // The kernel must not autoconfigure addresses on the VTEP.
-            let _ = std::fs::write(
-                format!("/proc/sys/net/ipv6/conf/{}/accept_ra", spec.name),
-                "0",
-            );
+            disable_accept_ra(&spec.name);
             let link = ensured.link;
             let mac = link.mac.ok_or_else(|| {
                 BackendError::Refused(format!("{} has no MAC address", spec.name))
@@ -163,383 +229,236 @@ impl VxlanNetwork {
                 ctx.config.network.map(|n| parts(&n))
             };
             devices.push(Device {
-                v6,
-                index: link.index,
                 mac,
-                addr: (local, 0),
-                network: network.unwrap_or((local, 0)),
+                // `own` is known once the lease is.
+                view: DeviceView {
+                    v6,
+                    index: link.index,
+                    own: local,
+                    network,
+                },
+                own_prefix: if v6 { 128 } else { 32 },
                 spec: VxlanSpec {
                     mac: Some(mac),
                     ..spec
                 },
+                neighbours: Reconciler::new(),
+                fdb: Reconciler::new(),
+                routes: Reconciler::new(),
             });
         }
         let lease = ctx.acquire_lease(attrs).await?;
         for dev in &mut devices {
-            dev.addr = match (dev.v6, lease.subnet, lease.ipv6_subnet) {
-                (false, Some(sn), _) => (IpAddr::V4(sn.addr()), 32),
-                (true, _, Some(sn)) => (IpAddr::V6(sn.addr()), 128),
-                (v6, _, _) => {
+            let v6 = dev.view.v6;
+            dev.view.own = match (v6, lease.subnet, lease.ipv6_subnet) {
+                (false, Some(sn), _) => IpAddr::V4(sn.addr()),
+                (true, _, Some(sn)) => IpAddr::V6(sn.addr()),
+                _ => {
+                    let family = if v6 { 6 } else { 4 };
                     return Err(BackendError::Refused(format!(
-                        "IPv{} is enabled but the lease has no IPv{}",
-                        if v6 { 6 } else { 4 },
-                        if v6 { 6 } else { 4 }
+                        "IPv{family} is enabled but the lease has no IPv{family}"
                     )));
                 }
             };
         }
-        let net = VxlanNetwork {
-            netlink,
+        for dev in &devices {
+            configure_device(&ops, dev).await?;
+        }
+        Ok(VxlanNetwork {
+            ops,
             lease,
             mtu,
             options,
             ext_index: iface.index,
             devices,
-            direct: Default::default(),
-        };
-        for i in 0..net.devices.len() {
-            let dev = net.devices[i].clone();
-            net.configure_device(&dev).await?;
-        }
-        Ok(net)
+            direct: HashMap::new(),
+            reported: HashSet::new(),
+        })
     }
 
-    /// Address, link up and MAC check on one device.
-    async fn configure_device(&self, dev: &Device) -> Result<(), BackendError> {
-        let nl = &self.netlink;
-        let name = &dev.spec.name;
-        let existing = nl
-            .addresses(dev.index)
-            .await
-            .map_err(|e| dp(format!("addresses of {name}"), e))?;
-        for a in existing {
-            let ours = a.addr == dev.addr.0 && a.prefix == dev.addr.1;
-            let stale = if dev.v6 {
-                // Everything but link-local and ours goes.
-                !matches!(a.addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
-            } else {
-                contains(dev.network, a.addr)
-            };
-            if !ours && stale && a.addr.is_ipv6() == dev.v6 {
-                nl.del_address(dev.index, a.addr, a.prefix)
-                    .await
-                    .map_err(|e| dp(format!("address {}/{} on {name}", a.addr, a.prefix), e))?;
-            }
-        }
-        nl.add_address(dev.index, dev.addr.0, dev.addr.1)
-            .await
-            .map_err(|e| {
-                dp(
-                    format!("address {}/{} on {name}", dev.addr.0, dev.addr.1),
-                    e,
-                )
-            })?;
-        nl.set_up(dev.index)
-            .await
-            .map_err(|e| dp(format!("link {name} up"), e))?;
-        let link = nl
-            .link_by_index(dev.index)
-            .await
-            .map_err(|e| dp(format!("link {name}"), e))?;
-        match link.and_then(|l| l.mac) {
-            Some(m) if m == dev.mac => Ok(()),
-            got => Err(BackendError::Refused(format!(
-                "{name}'s mac address wanted: {}, but got: {}",
-                format_mac(&dev.mac),
-                got.map(|m| format_mac(&m)).unwrap_or_default()
-            ))),
-        }
+    /// The external interface index (for tests and diagnostics).
+    pub fn ext_index(&self) -> u32 {
+        self.ext_index
     }
 
-    /// The external interface when DirectRouting applies to `public_ip`:
-    /// `ip route get` gives exactly one route without a gateway. `fresh`
-    /// asks the kernel again (a lease event); otherwise a decision made
-    /// before is reused.
-    async fn direct_oif(&self, public_ip: IpAddr, fresh: bool) -> Option<u32> {
-        if !self.options.direct_routing {
-            return None;
-        }
-        let cached = self
-            .direct
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&public_ip)
-            .copied();
-        if let (false, Some(oif)) = (fresh, cached) {
-            return oif;
-        }
-        let oif = match self.netlink.route_get(public_ip).await {
+    /// DirectRouting: the external interface when `ip route get <ip>`
+    /// gives exactly one route without a gateway (the peer is on our L2
+    /// segment), as Go decides it. A failed lookup means encapsulation.
+    async fn decide_direct(&mut self, ip: IpAddr) {
+        let oif = match self.ops.route_get(ip).await {
             Ok(routes) if routes.len() == 1 && routes[0].gateway.is_none() => routes[0].oif,
             Ok(_) => None,
             Err(e) => {
-                warn!("ip route get {public_ip}: {e}");
-                return None;
+                warn!("ip route get {ip}: {e}");
+                None
             }
         };
-        self.direct
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(public_ip, oif);
-        oif
+        self.direct.insert(ip, oif);
     }
 
-    async fn peer(&self, lease: &Lease, dev: &Device, fresh: bool) -> Result<Peer, Skip> {
-        let public = if dev.v6 {
-            lease.attrs.public_ipv6.map(IpAddr::V6)
-        } else {
-            Some(IpAddr::V4(lease.attrs.public_ip))
-        };
-        let direct = match public {
-            Some(ip) if lease.attrs.backend_type == TYPE => self.direct_oif(ip, fresh).await,
-            _ => None,
-        };
-        peer_for(lease, dev.v6, dev.index, direct)
+    /// The public addresses DirectRouting decides on: those of vxlan
+    /// leases in the families we have devices for.
+    fn public_ips<'a>(&self, lease: &'a Lease) -> impl Iterator<Item = IpAddr> + use<'a> {
+        let families: Vec<bool> = self.devices.iter().map(|d| d.view.v6).collect();
+        families.into_iter().filter_map(|v6| public_ip(lease, v6))
     }
 
-    async fn add_peer(&self, dev: &Device, peer: &Peer) -> Result<(), BackendError> {
-        let nl = &self.netlink;
-        let name = &dev.spec.name;
-        match peer {
-            Peer::Direct { route } => nl
-                .replace_route(route)
-                .await
-                .map_err(|e| dp(format!("direct route {}/{}", route.dst, route.prefix), e)),
-            Peer::Encap {
-                gateway,
-                mac,
-                public_ip,
-                route,
-            } => {
-                let m = format_mac(mac);
-                debug!("calling NeighSet: {gateway}, {m}");
-                nl.replace_neigh(dev.index, *gateway, *mac)
-                    .await
-                    .map_err(|e| dp(format!("neighbour {gateway} lladdr {m} dev {name}"), e))?;
-                debug!("calling AddFDB: {public_ip}, {m}");
-                if let Err(e) = nl.replace_fdb(dev.index, *mac, *public_ip).await {
-                    let _ = nl.del_neigh(dev.index, *gateway).await;
-                    return Err(dp(format!("fdb {m} dev {name} dst {public_ip}"), e));
+    /// Forgets decisions about addresses no lease has any more.
+    fn prune_direct(&mut self, leases: &[&Lease]) {
+        if self.direct.is_empty() {
+            return;
+        }
+        let live: HashSet<IpAddr> = leases.iter().flat_map(|l| self.public_ips(l)).collect();
+        self.direct.retain(|ip, _| live.contains(ip));
+    }
+
+    /// Logs the lease events the way Go does.
+    fn log_event(&mut self, event: &LeaseEvent) {
+        let lease = &event.lease;
+        if event.kind == EventKind::Removed {
+            info!("removing subnet: {}", lease.key());
+            return;
+        }
+        if lease.attrs.backend_type != TYPE {
+            let v6 = lease
+                .ipv6_subnet
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "<nil>".into());
+            let v4 = lease
+                .subnet
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "<nil>".into());
+            info!(
+                "Ignoring non-vxlan v4Subnet({v4}) v6Subnet({v6}): type={}",
+                lease.attrs.backend_type
+            );
+            return;
+        }
+        for dev in &self.devices {
+            let oif = public_ip(lease, dev.view.v6)
+                .and_then(|ip| self.direct.get(&ip).copied())
+                .flatten();
+            match peer_for(lease, &dev.view, oif) {
+                Ok(_) => info!("adding subnet: {} on {}", lease.key(), dev.name()),
+                Err(why) => {
+                    if let Some(msg) = skip_message(&lease.key().to_string(), dev, &why) {
+                        warn!("{msg}");
+                        self.reported.insert(msg);
+                    }
                 }
-                if let Err(e) = nl.replace_route(route).await {
-                    let _ = nl.del_neigh(dev.index, *gateway).await;
-                    let _ = nl.del_fdb(dev.index, *mac, *public_ip).await;
-                    return Err(dp(
-                        format!(
-                            "route {}/{} via {gateway} dev {name} onlink",
-                            route.dst, route.prefix
-                        ),
-                        e,
-                    ));
-                }
-                Ok(())
             }
         }
     }
 
-    async fn remove_peer(&self, dev: &Device, peer: &Peer) -> Vec<BackendError> {
-        let nl = &self.netlink;
-        let name = &dev.spec.name;
-        let mut errors = Vec::new();
-        let route = peer.route();
-        if let Err(e) = nl.del_route(route).await {
-            errors.push(dp(
-                format!("route {}/{} dev {name}", route.dst, route.prefix),
-                e,
-            ));
-        }
-        if let Peer::Encap {
-            gateway,
-            mac,
-            public_ip,
-            ..
-        } = peer
-        {
-            if let Err(e) = nl.del_neigh(dev.index, *gateway).await {
-                errors.push(dp(format!("neighbour {gateway} dev {name}"), e));
-            }
-            if let Err(e) = nl.del_fdb(dev.index, *mac, *public_ip).await {
-                errors.push(dp(
-                    format!("fdb {} dev {name} dst {public_ip}", format_mac(mac)),
-                    e,
-                ));
-            }
-        }
-        errors
-    }
-
-    /// Recreates a device that disappeared (an admin deleted it) with the
-    /// same MAC, address and MTU.
+    /// Recreates device `i` when it disappeared or went down (an admin
+    /// deleted it) with the same MAC, address and MTU.
     async fn ensure_device(&mut self, i: usize) -> Result<(), BackendError> {
-        let dev = self.devices[i].clone();
-        let present = self
-            .netlink
-            .link_by_name(&dev.spec.name)
+        let ops = self.ops.clone();
+        let dev = &mut self.devices[i];
+        let present = ops
+            .link_by_name(dev.name())
             .await
-            .map_err(|e| dp(format!("link {}", dev.spec.name), e))?;
+            .map_err(|e| dp(format!("link {}", dev.name()), e))?;
         if present
             .as_ref()
-            .is_some_and(|l| l.index == dev.index && l.up)
+            .is_some_and(|l| l.index == dev.view.index && l.up)
         {
             return Ok(());
         }
         warn!(
             "vxlan device {} is missing or down; recreating it",
-            dev.spec.name
+            dev.name()
         );
-        let ensured = self
-            .netlink
+        let ensured = ops
             .ensure_vxlan(&dev.spec)
             .await
-            .map_err(|e| dp(format!("vxlan device {}", dev.spec.name), e))?;
-        self.devices[i].index = ensured.link.index;
-        let dev = self.devices[i].clone();
-        self.configure_device(&dev).await
+            .map_err(|e| dp(format!("vxlan device {}", dev.name()), e))?;
+        disable_accept_ra(dev.name());
+        if ensured.link.index != dev.view.index {
+            // Everything the reconcilers applied went with the old device.
+            dev.view.index = ensured.link.index;
+            dev.neighbours = Reconciler::new();
+            dev.fdb = Reconciler::new();
+            dev.routes = Reconciler::new();
+        }
+        configure_device(&ops, dev).await
     }
 
-    async fn resync_device(&self, dev: &Device, leases: &[&Lease]) -> Vec<BackendError> {
-        let nl = &self.netlink;
-        let name = &dev.spec.name;
-        let mut errors = Vec::new();
-        let mut peers = Vec::new();
-        // (neighbours, fdb entries, routes) put (back) in place.
-        let mut fixed = (0usize, 0usize, 0usize);
-        for lease in leases {
-            match self.peer(lease, dev, false).await {
-                Ok(p) => peers.push(p),
-                Err(Skip::NoFamily) => {}
-                Err(Skip::OtherType(t)) => {
-                    debug!("Ignoring non-vxlan subnet {}: type={t}", lease.key())
-                }
-                Err(Skip::BadData(e)) => warn!(
-                    "lease {}: error decoding subnet lease JSON: {e}",
-                    lease.key()
-                ),
-            }
+    /// Logs the skips of a resync that were not reported before.
+    fn report_skips(&mut self, skipped: Vec<String>) {
+        let now: HashSet<String> = skipped.into_iter().collect();
+        for msg in now.difference(&self.reported) {
+            warn!("{msg}");
         }
-        // Neighbours and FDB entries on our device: what should exist.
-        let want_neigh: HashMap<IpAddr, Mac> = peers
-            .iter()
-            .filter_map(|p| match p {
-                Peer::Encap { gateway, mac, .. } => Some((*gateway, *mac)),
-                Peer::Direct { .. } => None,
-            })
-            .collect();
-        let want_fdb: HashSet<(Mac, IpAddr)> = peers
-            .iter()
-            .filter_map(|p| match p {
-                Peer::Encap { mac, public_ip, .. } => Some((*mac, *public_ip)),
-                Peer::Direct { .. } => None,
-            })
-            .collect();
-        match nl.neighbours(dev.index).await {
-            Ok(have) => {
-                let have: HashMap<IpAddr, Option<Mac>> = have
-                    .iter()
-                    .filter(|n| n.permanent)
-                    .map(|n| (n.ip, n.mac))
-                    .collect();
-                for (ip, mac) in &want_neigh {
-                    if have.get(ip) != Some(&Some(*mac)) {
-                        fixed.0 += 1;
-                        if let Err(e) = nl.replace_neigh(dev.index, *ip, *mac).await {
-                            errors.push(dp(format!("neighbour {ip} dev {name}"), e));
-                        }
-                    }
-                }
-                for ip in have.keys().filter(|ip| !want_neigh.contains_key(ip)) {
-                    info!("removing stale neighbour {ip} dev {name}");
-                    if let Err(e) = nl.del_neigh(dev.index, *ip).await {
-                        errors.push(dp(format!("neighbour {ip} dev {name}"), e));
-                    }
-                }
-            }
-            Err(e) => errors.push(dp(format!("neighbours of {name}"), e)),
-        }
-        match nl.fdb(dev.index).await {
-            Ok(have) => {
-                let have: HashSet<(Mac, IpAddr)> = have
-                    .iter()
-                    .filter_map(|f| f.dst.filter(|_| f.mac != [0; 6]).map(|d| (f.mac, d)))
-                    .collect();
-                for (mac, dst) in want_fdb.difference(&have) {
-                    info!(
-                        "fdb entry {} dst {dst} dev {name} is missing; restoring it",
-                        format_mac(mac)
-                    );
-                    if let Err(e) = nl.replace_fdb(dev.index, *mac, *dst).await {
-                        errors.push(dp(
-                            format!("fdb {} dev {name} dst {dst}", format_mac(mac)),
-                            e,
-                        ));
-                    }
-                }
-                for (mac, dst) in have.difference(&want_fdb) {
-                    info!(
-                        "removing stale fdb entry {} dst {dst} dev {name}",
-                        format_mac(mac)
-                    );
-                    if let Err(e) = nl.del_fdb(dev.index, *mac, *dst).await {
-                        errors.push(dp(
-                            format!("fdb {} dev {name} dst {dst}", format_mac(mac)),
-                            e,
-                        ));
-                    }
-                }
-            }
-            Err(e) => errors.push(dp(format!("fdb of {name}"), e)),
-        }
-        let family = if dev.v6 { Family::V6 } else { Family::V4 };
-        let own = dev.addr;
-        let report = |fixed: (usize, usize, usize)| {
-            if fixed != (0, 0, 0) {
-                info!(
-                    "{name}: programmed {} neighbours, {} fdb entries, {} routes that were missing or wrong",
-                    fixed.0, fixed.1, fixed.2
-                );
-            }
+        self.reported = now;
+    }
+}
+
+/// The kernel must not autoconfigure addresses on the VTEP. As in Go, a
+/// failure (no IPv6, no permission to write `/proc/sys`) is not an error.
+fn disable_accept_ra(name: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
+    if let Err(e) = std::fs::write(&path, "0") {
+        debug!("cannot write 0 to {path}: {e}");
+    }
+}
+
+/// The warning for a lease that gets no programming on `dev`.
+/// `None` when the skip is not worth a warning (another backend's lease, a
+/// family the lease lacks).
+fn skip_message(key: &str, dev: &Device, why: &Skip) -> Option<String> {
+    match why {
+        Skip::BadData(e) => Some(format!(
+            "lease {key}: error decoding subnet lease JSON: {e}; skipping it"
+        )),
+        Skip::NotOurs(sn) => Some(format!(
+            "not programming lease {key} on {}: its subnet {sn} is outside the network this vxlan backend manages",
+            dev.name()
+        )),
+        Skip::NoFamily | Skip::OtherType(_) => None,
+    }
+}
+
+/// Address, link up and MAC check on one device.
+async fn configure_device(ops: &SharedOps, dev: &Device) -> Result<(), BackendError> {
+    let name = dev.name();
+    let index = dev.view.index;
+    let own = (dev.view.own, dev.own_prefix);
+    let existing = ops
+        .addresses(index)
+        .await
+        .map_err(|e| dp(format!("addresses of {name}"), e))?;
+    for a in existing {
+        let ours = (a.addr, a.prefix) == own;
+        let stale = if dev.view.v6 {
+            // Everything but link-local and ours goes.
+            !matches!(a.addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+        } else {
+            crate::state::within(dev.view.network, a.addr, 32)
         };
-        match nl.routes(family).await {
-            Ok(have) => {
-                let desired: Vec<Route> = peers.iter().map(|p| p.route().clone()).collect();
-                let network = dev.network;
-                let index = dev.index;
-                let plan = reconcile_routes(&desired, &have, |r: &Route| {
-                    // Ours: flannel's routes are protocol boot (the kernel's
-                    // own, like fe80::/64 on the device, are protocol kernel):
-                    // anything on the vxlan device, and gateway routes into
-                    // the overlay network that DirectRouting put there.
-                    r.protocol == flannel_netlink::RTPROT_BOOT
-                        && r.dst != own.0
-                        && (r.oif == Some(index)
-                            || (r.gateway.is_some() && contains(network, r.dst)))
-                });
-                for r in &plan.replace {
-                    info!(
-                        "route {}/{} via {:?} is missing or wrong; restoring it",
-                        r.dst, r.prefix, r.gateway
-                    );
-                }
-                for r in &plan.delete {
-                    info!(
-                        "removing stale route {}/{} via {:?}",
-                        r.dst, r.prefix, r.gateway
-                    );
-                }
-                for r in &plan.replace {
-                    if let Err(e) = nl.replace_route(r).await {
-                        errors.push(dp(format!("route {r} of {name}"), e));
-                    }
-                }
-                for r in &plan.delete {
-                    if let Err(e) = nl.del_route(r).await {
-                        errors.push(dp(format!("route {r} of {name}"), e));
-                    }
-                }
-            }
-            Err(e) => errors.push(dp(format!("routes of {name}"), e)),
+        if !ours && stale && a.addr.is_ipv6() == dev.view.v6 {
+            ops.del_address(index, a.addr, a.prefix)
+                .await
+                .map_err(|e| dp(format!("address {}/{} on {name}", a.addr, a.prefix), e))?;
         }
-        report(fixed);
-        errors
+    }
+    ops.add_address(index, own.0, own.1)
+        .await
+        .map_err(|e| dp(format!("address {}/{} on {name}", own.0, own.1), e))?;
+    ops.set_up(index)
+        .await
+        .map_err(|e| dp(format!("link {name} up"), e))?;
+    let link = ops
+        .link_by_index(index)
+        .await
+        .map_err(|e| dp(format!("link {name}"), e))?;
+    match link.and_then(|l| l.mac) {
+        Some(m) if m == dev.mac => Ok(()),
+        got => Err(BackendError::Refused(format!(
+            "{name}'s mac address wanted: {}, but got: {}",
+            format_mac(&dev.mac),
+            got.map(|m| format_mac(&m)).unwrap_or_default()
+        ))),
     }
 }
 
@@ -556,63 +475,79 @@ impl Network for VxlanNetwork {
     async fn handle_events(
         &mut self,
         events: &[LeaseEvent],
-        _leases: &[&Lease],
+        leases: &[&Lease],
     ) -> Result<(), BackendError> {
-        let mut errors = Vec::new();
         for event in events {
-            for dev in &self.devices {
-                let peer = match self
-                    .peer(&event.lease, dev, event.kind == EventKind::Added)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(Skip::NoFamily) => continue,
-                    Err(Skip::OtherType(t)) => {
-                        info!(
-                            "Ignoring non-vxlan v4Subnet({:?}) v6Subnet({:?}): type={t}",
-                            event.lease.subnet, event.lease.ipv6_subnet
-                        );
-                        continue;
-                    }
-                    Err(Skip::BadData(e)) => {
-                        errors.push(BackendError::Refused(format!(
-                            "lease {}: error decoding subnet lease JSON: {e}",
-                            event.lease.key()
-                        )));
-                        continue;
-                    }
-                };
-                match event.kind {
-                    EventKind::Added => {
-                        info!("adding subnet: {} on {}", event.lease.key(), dev.spec.name);
-                        if let Err(e) = self.add_peer(dev, &peer).await {
-                            errors.push(e);
-                        }
-                    }
-                    EventKind::Removed => {
-                        info!(
-                            "removing subnet: {} on {}",
-                            event.lease.key(),
-                            dev.spec.name
-                        );
-                        errors.extend(self.remove_peer(dev, &peer).await);
-                    }
+            if self.options.direct_routing && event.kind == EventKind::Added {
+                // A lease event decides its peer afresh (it may have moved).
+                let ips: Vec<IpAddr> = self.public_ips(&event.lease).collect();
+                for ip in ips {
+                    self.decide_direct(ip).await;
                 }
+            }
+            self.log_event(event);
+        }
+        self.prune_direct(leases);
+        let mut errors = Vec::new();
+        for dev in &mut self.devices {
+            let (state, _) = desired_state(&dev.view, leases, &self.direct);
+            let (tally, errs) = dev.apply(&self.ops, &state, false).await;
+            errors.extend(errs);
+            if let Some(done) = per_kind(&tally, |r| r.added + r.changed + r.removed) {
+                debug!("{}: events applied to {done}", dev.name());
             }
         }
         BackendError::collect(errors)
     }
 
     async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError> {
+        if self.options.direct_routing {
+            // Peers never decided (the snapshot at start is their event).
+            let undecided: HashSet<IpAddr> = leases
+                .iter()
+                .flat_map(|l| self.public_ips(l))
+                .filter(|ip| !self.direct.contains_key(ip))
+                .collect();
+            for ip in undecided {
+                self.decide_direct(ip).await;
+            }
+        }
+        self.prune_direct(leases);
         let mut errors = Vec::new();
+        let mut skips = Vec::new();
         for i in 0..self.devices.len() {
             if let Err(e) = self.ensure_device(i).await {
                 errors.push(e);
                 continue;
             }
-            let dev = self.devices[i].clone();
-            errors.extend(self.resync_device(&dev, leases).await);
+            let dev = &mut self.devices[i];
+            let (state, skipped) = desired_state(&dev.view, leases, &self.direct);
+            skips.extend(
+                skipped
+                    .iter()
+                    .filter_map(|(key, why)| skip_message(&key.to_string(), dev, why)),
+            );
+            for (key, why) in &skipped {
+                if let Skip::OtherType(t) = why {
+                    debug!("Ignoring non-vxlan subnet {key}: type={t}");
+                }
+            }
+            let (t, errs) = dev.apply(&self.ops, &state, true).await;
+            errors.extend(errs);
+            if let Some(fixed) = per_kind(&t, |r| r.added + r.changed) {
+                info!(
+                    "{}: programmed {fixed} that were missing or wrong",
+                    dev.name()
+                );
+            }
+            if let Some(removed) = per_kind(&t, |r| r.removed) {
+                info!(
+                    "{}: removed {removed} of leases that no longer exist",
+                    dev.name()
+                );
+            }
         }
+        self.report_skips(skips);
         BackendError::collect(errors)
     }
 
@@ -649,9 +584,5 @@ impl Network for VxlanNetwork {
     }
 }
 
-impl VxlanNetwork {
-    /// The external interface index (for tests and diagnostics).
-    pub fn ext_index(&self) -> u32 {
-        self.ext_index
-    }
-}
+#[cfg(test)]
+mod tests;
