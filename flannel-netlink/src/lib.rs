@@ -84,6 +84,7 @@ use netlink_sys::AsyncSocket;
 
 mod addr;
 mod error;
+pub mod iface;
 mod link;
 mod mac;
 mod neigh;

@@ -44,6 +44,7 @@ use std::path::PathBuf;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use flannel_netlink::iface::{IfaceError, IfaceSelection};
 
 /// Default of `--etcd-endpoints`.
 pub const DEFAULT_ETCD_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379";
@@ -295,6 +296,20 @@ impl Options {
     /// Parses the process's arguments and `FLANNELD_*` environment.
     pub fn parse_env_and_args() -> Result<Options, CliError> {
         parse_from(std::env::args_os(), &process_env)
+    }
+
+    /// The interface flags as the typed input of
+    /// [`flannel_netlink::iface::select`]; fails on a `--public-ip` or
+    /// `--public-ipv6` that is not an address of its family (Go's
+    /// `invalid public IP address: <x>`).
+    pub fn iface_selection(&self) -> Result<IfaceSelection, IfaceError> {
+        Ok(IfaceSelection {
+            ifaces: self.iface.clone(),
+            regexes: self.iface_regex.clone(),
+            can_reach: Some(self.iface_can_reach.clone()).filter(|s| !s.is_empty()),
+            public_ip: IfaceSelection::parse_public_ip(&self.public_ip)?,
+            public_ipv6: IfaceSelection::parse_public_ipv6(&self.public_ipv6)?,
+        })
     }
 
     /// `--etcd-endpoints` split on `,`, as Go's `strings.Split` does.

@@ -3,7 +3,6 @@
 use crate::backends;
 use crate::cli::{Options, SubnetManagerKind};
 use crate::health::{self, Health};
-use crate::iface;
 use anyhow::{Context, Result, anyhow, bail};
 use flannel_core::backend::{BackendError, RegisterContext};
 use flannel_core::config::NetConfig;
@@ -138,7 +137,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let (netlink, conn) = Netlink::connect().context("cannot open a netlink socket")?;
     tokio::spawn(conn);
     let stored = sm.stored_public_ips().await;
-    let ext = iface::select(&netlink, &opts, stack, stored).await?;
+    let selection = opts.iface_selection()?;
+    let ext = flannel_netlink::iface::select(&netlink, &selection, stack, stored).await?;
     let backend = backends::create(&config.backend_type_lower(), netlink.clone())
         .context("Error fetching backend")?;
 
