@@ -9,9 +9,10 @@
 //! [`flannel_core::subnet_env::EnvFile`] (so quotes, `export` and comments are
 //! tolerated) and its values are then checked as strictly as upstream.
 
+use crate::error::{ConfigError, DecodeError, PathError, SubnetEnvError};
 use crate::json::{self, GoMap, GoValue, Value, type_error};
 use flannel_core::gojson::key_matches;
-use flannel_core::ip::parse_cidr_go;
+use flannel_core::ip::{IpError, parse_cidr_go};
 use flannel_core::subnet_env::{
     EnvFile, KEY_IPMASQ, KEY_IPV6_NETWORK, KEY_IPV6_SUBNET, KEY_MTU, KEY_NETWORK, KEY_SUBNET,
 };
@@ -184,8 +185,8 @@ fn check_struct(
 impl NetConf {
     /// Decodes a configuration document. Errors are Go's texts without any
     /// prefix (a syntax error, or the first `json: cannot unmarshal ...`).
-    pub fn decode(input: &[u8], flavour: Flavour) -> Result<NetConf, String> {
-        let doc = json::parse(input).map_err(|e| e.0)?;
+    pub fn decode(input: &[u8], flavour: Flavour) -> Result<NetConf, DecodeError> {
+        let doc = json::parse(input)?;
         let mut conf = NetConf::default();
         let members = match doc {
             Value::Object(m) => m,
@@ -195,7 +196,7 @@ impl NetConf {
                     Flavour::Flannel => "main.NetConf",
                     Flavour::Standard => "types.NetConf",
                 };
-                return Err(type_error(other.kind(), "", "", ty));
+                return Err(DecodeError::Type(type_error(other.kind(), "", "", ty)));
             }
         };
         const S: &str = "NetConf";
@@ -293,7 +294,7 @@ impl NetConf {
             }
         }
         if let Some(e) = errs.0 {
-            return Err(e);
+            return Err(DecodeError::Type(e));
         }
         conf.cni_version = cni_version.unwrap_or_default();
         conf.name = name.unwrap_or_default();
@@ -309,32 +310,36 @@ impl NetConf {
 
     /// `loadFlannelNetConf`: decodes flannel's configuration from stdin;
     /// errors read `failed to load netconf: <json error>`.
-    pub fn load(stdin: &[u8]) -> Result<NetConf, String> {
-        NetConf::decode(stdin, Flavour::Flannel).map_err(|e| format!("failed to load netconf: {e}"))
+    pub fn load(stdin: &[u8]) -> Result<NetConf, ConfigError> {
+        NetConf::decode(stdin, Flavour::Flannel).map_err(ConfigError::NetConf)
     }
 }
 
 /// Decodes one string field of a document the way skel's single-field
 /// anonymous structs do (`struct { Name string "json:\"name\"" }`).
 /// Returns `""` when absent; errors are Go's texts.
-pub fn decode_single_string(input: &[u8], field: &str, go_field: &str) -> Result<String, String> {
-    let doc = json::parse(input).map_err(|e| e.0)?;
+pub fn decode_single_string(
+    input: &[u8],
+    field: &str,
+    go_field: &str,
+) -> Result<String, DecodeError> {
+    let doc = json::parse(input)?;
     match doc {
         Value::Object(members) => {
             let mut errs = Errors::default();
             let v = string_member(&members, field, "", &mut errs);
             match errs.0 {
-                Some(e) => Err(e),
+                Some(e) => Err(DecodeError::Type(e)),
                 None => Ok(v.unwrap_or_default()),
             }
         }
         Value::Null => Ok(String::new()),
-        other => Err(type_error(
+        other => Err(DecodeError::Type(type_error(
             other.kind(),
             "",
             "",
             &format!("struct {{ {go_field} string \"json:\\\"{field}\\\"\" }}"),
-        )),
+        ))),
     }
 }
 
@@ -350,8 +355,8 @@ pub struct GoIpNet {
 impl GoIpNet {
     /// Go's `net.ParseCIDR` network: the address masked to the prefix.
     /// Errors read `invalid CIDR address: <s>`.
-    pub fn parse_masked(s: &str) -> Result<GoIpNet, String> {
-        let (ip, prefix) = parse_cidr_go(s).map_err(|e| e.to_string())?;
+    pub fn parse_masked(s: &str) -> Result<GoIpNet, IpError> {
+        let (ip, prefix) = parse_cidr_go(s)?;
         let ip = match ip {
             IpAddr::V4(a) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
@@ -366,8 +371,8 @@ impl GoIpNet {
     }
 
     /// libcni's `types.ParseCIDR`: the address kept as written (routes' `dst`).
-    pub fn parse_unmasked(s: &str) -> Result<GoIpNet, String> {
-        let (ip, prefix) = parse_cidr_go(s).map_err(|e| e.to_string())?;
+    pub fn parse_unmasked(s: &str) -> Result<GoIpNet, IpError> {
+        let (ip, prefix) = parse_cidr_go(s)?;
         Ok(GoIpNet { ip, prefix })
     }
 }
@@ -415,7 +420,7 @@ pub struct FlannelEnv {
     pub ip_masq: bool,
 }
 
-fn parse_network_list(value: &str) -> Result<Vec<GoIpNet>, String> {
+fn parse_network_list(value: &str) -> Result<Vec<GoIpNet>, IpError> {
     let mut out: Vec<GoIpNet> = Vec::new();
     for part in value.split(',') {
         let n = GoIpNet::parse_masked(part.trim())?;
@@ -427,26 +432,22 @@ fn parse_network_list(value: &str) -> Result<Vec<GoIpNet>, String> {
 }
 
 /// Go's `strconv.ParseUint(s, 10, 32)`, with its error texts.
-fn parse_mtu(s: &str) -> Result<u32, String> {
+fn parse_mtu(s: &str) -> Result<u32, SubnetEnvError> {
+    let bad = |reason| SubnetEnvError::Mtu {
+        value: s.to_owned(),
+        reason,
+    };
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "strconv.ParseUint: parsing {}: invalid syntax",
-            json::go_quote(s)
-        ));
+        return Err(bad("invalid syntax"));
     }
-    s.parse::<u32>().map_err(|_| {
-        format!(
-            "strconv.ParseUint: parsing {}: value out of range",
-            json::go_quote(s)
-        )
-    })
+    s.parse::<u32>().map_err(|_| bad("value out of range"))
 }
 
 impl FlannelEnv {
     /// Interprets `subnet.env` text. `path` is only used in the "missing"
     /// error (`<path> is missing FLANNEL_MTU`). Lines [`EnvFile`] skips are
     /// returned as warnings.
-    pub fn parse(path: &str, text: &str) -> Result<(FlannelEnv, Vec<String>), String> {
+    pub fn parse(path: &str, text: &str) -> Result<(FlannelEnv, Vec<String>), SubnetEnvError> {
         let file = EnvFile::parse(text);
         let mut networks = None;
         let mut subnet = None;
@@ -479,7 +480,10 @@ impl FlannelEnv {
             missing.push(KEY_IPMASQ);
         }
         if !missing.is_empty() {
-            return Err(format!("{path} is missing {}", missing.join(", ")));
+            return Err(SubnetEnvError::Missing {
+                path: path.to_owned(),
+                keys: missing,
+            });
         }
         Ok((
             FlannelEnv {
@@ -496,11 +500,11 @@ impl FlannelEnv {
 
     /// `loadFlannelSubnetEnv`: reads and interprets the file at `path`.
     /// I/O errors read like Go's (`open <path>: no such file or directory`).
-    pub fn load(path: &str) -> Result<(FlannelEnv, Vec<String>), String> {
-        let mut f = std::fs::File::open(path).map_err(|e| go_path_error("open", path, &e))?;
+    pub fn load(path: &str) -> Result<(FlannelEnv, Vec<String>), SubnetEnvError> {
+        let mut f = std::fs::File::open(path).map_err(|e| PathError::new("open", path, e))?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf)
-            .map_err(|e| go_path_error("read", path, &e))?;
+            .map_err(|e| PathError::new("read", path, e))?;
         FlannelEnv::parse(path, &String::from_utf8_lossy(&buf))
     }
 }
@@ -581,27 +585,35 @@ mod tests {
     #[test]
     fn wrong_types_fail_with_go_text() {
         assert_eq!(
-            NetConf::load(br#"{"name":"n","delegate":"x"}"#).unwrap_err(),
+            NetConf::load(br#"{"name":"n","delegate":"x"}"#)
+                .unwrap_err()
+                .to_string(),
             "failed to load netconf: json: cannot unmarshal string into Go struct field NetConf.delegate of type map[string]interface {}"
         );
         assert_eq!(
-            NetConf::load(br#"{"name":"n","capabilities":{"a":1},"subnetFile":2}"#).unwrap_err(),
+            NetConf::load(br#"{"name":"n","capabilities":{"a":1},"subnetFile":2}"#)
+                .unwrap_err()
+                .to_string(),
             "failed to load netconf: json: cannot unmarshal number into Go struct field NetConf.capabilities of type bool"
         );
         assert_eq!(
-            NetConf::load(br#"{"name":"n","dns":{"nameservers":"1.1.1.1"}}"#).unwrap_err(),
+            NetConf::load(br#"{"name":"n","dns":{"nameservers":"1.1.1.1"}}"#)
+                .unwrap_err()
+                .to_string(),
             "failed to load netconf: json: cannot unmarshal string into Go struct field DNS.dns.nameservers of type []string"
         );
         assert_eq!(
-            NetConf::load(br#"{"name":"n","delegate":{"mtu":1e400}}"#).unwrap_err(),
+            NetConf::load(br#"{"name":"n","delegate":{"mtu":1e400}}"#)
+                .unwrap_err()
+                .to_string(),
             "failed to load netconf: json: cannot unmarshal number 1e400 into Go struct field NetConf.delegate of type float64"
         );
         assert_eq!(
-            NetConf::load(b"[]").unwrap_err(),
+            NetConf::load(b"[]").unwrap_err().to_string(),
             "failed to load netconf: json: cannot unmarshal array into Go value of type main.NetConf"
         );
         assert_eq!(
-            NetConf::load(b"{\"name\":").unwrap_err(),
+            NetConf::load(b"{\"name\":").unwrap_err().to_string(),
             "failed to load netconf: unexpected end of JSON input"
         );
         assert_eq!(
@@ -609,7 +621,8 @@ mod tests {
                 br#"{"name":"n","type":"bridge","ipam":{"type":7}}"#,
                 Flavour::Standard
             )
-            .unwrap_err(),
+            .unwrap_err()
+            .to_string(),
             "json: cannot unmarshal number into Go struct field IPAM.ipam.type of type string"
         );
         // top-level extras such as ipMasq are ignored, as upstream
@@ -624,11 +637,13 @@ mod tests {
         );
         assert_eq!(
             decode_single_string(br#"{"name":1}"#, "name", "Name"),
-            Err("json: cannot unmarshal number into Go struct field .name of type string".into())
+            Err(DecodeError::Type(
+                "json: cannot unmarshal number into Go struct field .name of type string".into()
+            ))
         );
         assert_eq!(
             decode_single_string(b"[1]", "name", "Name"),
-            Err(r#"json: cannot unmarshal array into Go value of type struct { Name string "json:\"name\"" }"#.into())
+            Err(DecodeError::Type(r#"json: cannot unmarshal array into Go value of type struct { Name string "json:\"name\"" }"#.into()))
         );
     }
 
@@ -660,7 +675,7 @@ mod tests {
         let nets: Vec<String> = e.networks.iter().map(ToString::to_string).collect();
         assert_eq!(nets, ["10.1.0.0/16", "192.168.0.0/16"]);
         assert_eq!((e.mtu, e.ip_masq), (0, false));
-        let bad = |text: &str| FlannelEnv::parse("f", text).unwrap_err();
+        let bad = |text: &str| FlannelEnv::parse("f", text).unwrap_err().to_string();
         assert_eq!(
             bad("FLANNEL_SUBNET=10.1.17.1\n"),
             "invalid CIDR address: 10.1.17.1"
@@ -692,12 +707,12 @@ mod tests {
         let path = dir.path().join("nope.env");
         let path = path.to_str().unwrap();
         assert_eq!(
-            FlannelEnv::load(path).unwrap_err(),
+            FlannelEnv::load(path).unwrap_err().to_string(),
             format!("open {path}: no such file or directory")
         );
         let d = dir.path().to_str().unwrap();
         assert_eq!(
-            FlannelEnv::load(d).unwrap_err(),
+            FlannelEnv::load(d).unwrap_err().to_string(),
             format!("read {d}: is a directory")
         );
     }

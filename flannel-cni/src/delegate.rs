@@ -14,7 +14,10 @@
 //! ```
 
 use crate::config::{FlannelEnv, GoIpNet, NetConf, go_errno_text, go_ip_string};
-use crate::json::{self, GoMap, GoValue, Value, go_float, go_quote, go_quote_bytes, type_error};
+use crate::error::{
+    DecodeError, DelegateError, FindPluginError, IpamError, ResultError, RouteError,
+};
+use crate::json::{self, GoMap, GoValue, Value, go_float, go_quote_bytes, type_error};
 use crate::skel::{CniError, SUPPORTED_VERSIONS};
 use flannel_core::gojson::{key_matches, write_string};
 use flannel_core::ip::parse_ip_go;
@@ -33,28 +36,20 @@ pub const DEFAULT_IPAM_TYPE: &str = "host-local";
 /// `delegate` map checked and completed with `name`, `type`, `ipMasq`,
 /// `mtu`, `isGateway` (bridge only), `cniVersion`, `runtimeConfig` and
 /// `ipam`. Keys the user supplied in `delegate` are kept as given.
-pub fn build(conf: &NetConf, env: &FlannelEnv) -> Result<GoMap, String> {
+pub fn build(conf: &NetConf, env: &FlannelEnv) -> Result<GoMap, DelegateError> {
     let mut d = match &conf.delegate {
         None => GoMap::new(),
         Some(m) => {
             if m.get("type")
                 .is_some_and(|t| !matches!(t, GoValue::String(_)))
             {
-                return Err(
-                    "'delegate' dictionary, if present, must have (string) 'type' field".into(),
-                );
+                return Err(DelegateError::TypeNotString);
             }
             if m.contains_key("name") {
-                return Err(
-                    "'delegate' dictionary must not have 'name' field, it'll be set by flannel"
-                        .into(),
-                );
+                return Err(DelegateError::HasName);
             }
             if m.contains_key("ipam") {
-                return Err(
-                    "'delegate' dictionary must not have 'ipam' field, it'll be set by flannel"
-                        .into(),
-                );
+                return Err(DelegateError::HasIpam);
             }
             m.clone()
         }
@@ -79,8 +74,7 @@ pub fn build(conf: &NetConf, env: &FlannelEnv) -> Result<GoMap, String> {
             GoValue::String(conf.cni_version.clone()),
         );
     }
-    let ipam =
-        delegate_ipam(conf, env).map_err(|e| format!("failed to assemble Delegate IPAM: {e}"))?;
+    let ipam = delegate_ipam(conf, env).map_err(DelegateError::Ipam)?;
     d.insert("ipam".into(), GoValue::Map(ipam));
     Ok(d)
 }
@@ -104,7 +98,7 @@ pub fn delegate_type(delegate: &GoMap) -> &str {
 /// defaulted to `host-local`, `ranges` replaced by one range set per family
 /// (v4 first) and `routes` = the user's routes followed by the flannel
 /// networks (v4, then v6).
-pub fn delegate_ipam(conf: &NetConf, env: &FlannelEnv) -> Result<GoMap, String> {
+pub fn delegate_ipam(conf: &NetConf, env: &FlannelEnv) -> Result<GoMap, IpamError> {
     let mut ipam = conf.ipam.clone().unwrap_or_default();
     ipam.entry("type".into())
         .or_insert_with(|| GoValue::String(DEFAULT_IPAM_TYPE.into()));
@@ -128,8 +122,7 @@ pub fn delegate_ipam(conf: &NetConf, env: &FlannelEnv) -> Result<GoMap, String> 
         },
     );
     let mut routes = match ipam.get("routes") {
-        Some(v) => parse_routes(v)
-            .map_err(|e| format!("failed to read IPAM routes: failed to parse ipam.routes: {e}"))?,
+        Some(v) => parse_routes(v).map_err(IpamError::Routes)?,
         None => Some(Vec::new()),
     };
     for n in env.networks.iter().chain(&env.ipv6_networks) {
@@ -205,11 +198,18 @@ impl Route {
     /// Decodes one element of `ipam.routes` as libcni's `Route.UnmarshalJSON`
     /// does after flannel marshalled it (keys in sorted order, matched
     /// case-insensitively, unknown keys ignored).
-    pub fn from_go(v: &GoValue) -> Result<Route, String> {
+    pub fn from_go(v: &GoValue) -> Result<Route, RouteError> {
         let m = match v {
             GoValue::Null => return Ok(Route::default()),
             GoValue::Map(m) => m,
-            other => return Err(type_error(other.kind(), "", "", "types.route")),
+            other => {
+                return Err(RouteError::Type(type_error(
+                    other.kind(),
+                    "",
+                    "",
+                    "types.route",
+                )));
+            }
         };
         let mut r = Route::default();
         let mut errs: Option<String> = None;
@@ -218,15 +218,23 @@ impl Route {
                 let s = match v {
                     GoValue::String(s) => s.as_str(),
                     GoValue::Null => "",
-                    other => return Err(type_error(other.kind(), "route", "dst", "string")),
+                    other => {
+                        return Err(RouteError::Type(type_error(
+                            other.kind(),
+                            "route",
+                            "dst",
+                            "string",
+                        )));
+                    }
                 };
                 r.dst = Some(GoIpNet::parse_unmasked(s)?);
             } else if key_matches(k, "gw") {
                 match v {
                     GoValue::String(s) if s.is_empty() => r.gw = None,
                     GoValue::String(s) => {
-                        r.gw =
-                            Some(parse_ip_go(s).map_err(|_| format!("invalid IP address: {s}"))?);
+                        r.gw = Some(
+                            parse_ip_go(s).map_err(|_| RouteError::Gateway { input: s.clone() })?,
+                        );
                     }
                     GoValue::Null => r.gw = None,
                     other => {
@@ -254,7 +262,7 @@ impl Route {
             }
         }
         match errs {
-            Some(e) => Err(e),
+            Some(e) => Err(RouteError::Type(e)),
             None => Ok(r),
         }
     }
@@ -292,7 +300,7 @@ impl Route {
 
 /// Decodes `ipam.routes` into `[]types.Route`: `Ok(None)` for `null` (Go's
 /// nil slice).
-pub fn parse_routes(v: &GoValue) -> Result<Option<Vec<Route>>, String> {
+pub fn parse_routes(v: &GoValue) -> Result<Option<Vec<Route>>, RouteError> {
     match v {
         GoValue::Null => Ok(None),
         GoValue::List(items) => items
@@ -300,18 +308,23 @@ pub fn parse_routes(v: &GoValue) -> Result<Option<Vec<Route>>, String> {
             .map(Route::from_go)
             .collect::<Result<_, _>>()
             .map(Some),
-        other => Err(type_error(other.kind(), "", "", "[]types.Route")),
+        other => Err(RouteError::Type(type_error(
+            other.kind(),
+            "",
+            "",
+            "[]types.Route",
+        ))),
     }
 }
 
 /// libcni's `invoke.FindInPath`: `<dir>/<plugin>` for the first directory of
 /// `cni_path` (`:`-separated) where it is a regular file.
-pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, String> {
+pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, FindPluginError> {
     if plugin.is_empty() {
-        return Err("no plugin name provided".into());
+        return Err(FindPluginError::NoName);
     }
     if plugin.contains('/') {
-        return Err(format!("invalid plugin name: {plugin}"));
+        return Err(FindPluginError::InvalidName(plugin.to_owned()));
     }
     let dirs: Vec<&str> = if cni_path.is_empty() {
         Vec::new()
@@ -319,7 +332,7 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, String> {
         cni_path.split(':').collect()
     };
     if dirs.is_empty() {
-        return Err("no paths provided".into());
+        return Err(FindPluginError::NoPaths);
     }
     for dir in &dirs {
         let full = Path::new(dir).join(plugin);
@@ -327,11 +340,10 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, String> {
             return Ok(full);
         }
     }
-    Err(format!(
-        "failed to find plugin {} in path [{}]",
-        go_quote(plugin),
-        dirs.join(" ")
-    ))
+    Err(FindPluginError::NotFound {
+        plugin: plugin.to_owned(),
+        dirs: dirs.iter().map(|d| (*d).to_owned()).collect(),
+    })
 }
 
 /// Go's `ProcessState.String()` for a failed child.
@@ -391,17 +403,25 @@ fn plugin_err(err: &str, stdout: &[u8], stderr: &[u8]) -> CniError {
 
 /// Decodes a CNI error document (`types.Error`) with Go's rules; returns
 /// what was decoded and the first decoding error, if any.
-pub fn decode_cni_error(b: &[u8]) -> (CniError, Option<String>) {
+pub fn decode_cni_error(b: &[u8]) -> (CniError, Option<DecodeError>) {
     let mut e = CniError::new(0, "", "");
     let doc = match json::parse(b) {
         Ok(d) => d,
-        Err(err) => return (e, Some(err.0)),
+        Err(err) => return (e, Some(err.into())),
     };
     let members = match doc {
         Value::Object(m) => m,
         Value::Null => return (e, None),
         other => {
-            return (e, Some(type_error(other.kind(), "", "", "types.Error")));
+            return (
+                e,
+                Some(DecodeError::Type(type_error(
+                    other.kind(),
+                    "",
+                    "",
+                    "types.Error",
+                ))),
+            );
         }
     };
     let mut first: Option<String> = None;
@@ -437,7 +457,7 @@ pub fn decode_cni_error(b: &[u8]) -> (CniError, Option<String>) {
             }
         }
     }
-    (e, first)
+    (e, first.map(DecodeError::Type))
 }
 
 /// libcni's `RawExec.ExecPlugin`: runs `path` with our environment plus
@@ -502,23 +522,23 @@ pub fn exec_plugin(
 /// the delegate's ADD output and returns the text to print, indented with 4
 /// spaces. A result without a (non-empty string) `cniVersion` gets the
 /// delegate config's version (`0.1.0` when it has none) as its first key.
-pub fn fixup_result(netconf: &[u8], stdout: &[u8]) -> Result<String, String> {
+pub fn fixup_result(netconf: &[u8], stdout: &[u8]) -> Result<String, ResultError> {
     let conf_version = crate::skel::decode_version(netconf)?;
-    let doc = json::parse(stdout).map_err(|e| {
-        format!(
-            "failed to unmarshal raw result: {e} result {}",
-            String::from_utf8_lossy(stdout)
-        )
-    })?;
+    let unmarshal = |source: DecodeError| ResultError::Unmarshal {
+        source,
+        raw: String::from_utf8_lossy(stdout).into_owned(),
+    };
+    let doc = json::parse(stdout).map_err(|e| unmarshal(e.into()))?;
     let mut members = match doc {
         Value::Object(m) => m,
         Value::Null => Vec::new(),
         other => {
-            return Err(format!(
-                "failed to unmarshal raw result: {} result {}",
-                type_error(other.kind(), "", "", "map[string]interface {}"),
-                String::from_utf8_lossy(stdout)
-            ));
+            return Err(unmarshal(DecodeError::Type(type_error(
+                other.kind(),
+                "",
+                "",
+                "map[string]interface {}",
+            ))));
         }
     };
     let version = match members.iter().rev().find(|(k, _)| k == "cniVersion") {
@@ -533,10 +553,7 @@ pub fn fixup_result(netconf: &[u8], stdout: &[u8]) -> Result<String, String> {
         }
     };
     if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
-        return Err(format!(
-            "unsupported CNI result version {}",
-            go_quote(&version)
-        ));
+        return Err(ResultError::UnsupportedVersion { version });
     }
     Ok(Value::Object(members).to_indented())
 }
@@ -559,8 +576,11 @@ mod tests {
 
     /// Builds the delegate for `BASE` + `extra` keys and returns its bytes.
     fn delegate_bytes(extra: &str, env_text: &str) -> Result<String, String> {
-        let conf = NetConf::load(format!("{BASE}{extra}}}").as_bytes())?;
-        build(&conf, &env(env_text)).map(|d| encode(&d))
+        let conf =
+            NetConf::load(format!("{BASE}{extra}}}").as_bytes()).map_err(|e| e.to_string())?;
+        build(&conf, &env(env_text))
+            .map(|d| encode(&d))
+            .map_err(|e| e.to_string())
     }
 
     fn delegate(extra: &str, env_text: &str) -> J {
@@ -813,7 +833,7 @@ mod tests {
         let path = format!("{}:{}", a.display(), b.display());
         assert_eq!(find_in_path("bridge", &path).unwrap(), b.join("bridge"));
         assert_eq!(
-            find_in_path("ptp", &path).unwrap_err(),
+            find_in_path("ptp", &path).unwrap_err().to_string(),
             format!(
                 "failed to find plugin \"ptp\" in path [{} {}]",
                 a.display(),
@@ -821,11 +841,11 @@ mod tests {
             )
         );
         assert_eq!(
-            find_in_path("", &path).unwrap_err(),
+            find_in_path("", &path).unwrap_err().to_string(),
             "no plugin name provided"
         );
         assert_eq!(
-            find_in_path("../x", &path).unwrap_err(),
+            find_in_path("../x", &path).unwrap_err().to_string(),
             "invalid plugin name: ../x"
         );
     }
@@ -872,11 +892,13 @@ mod tests {
         let out = fixup_result(br#"{"name":"n"}"#, b"null").unwrap();
         assert_eq!(out, "{\n    \"cniVersion\": \"0.1.0\"\n}");
         assert_eq!(
-            fixup_result(conf, br#"{"cniVersion":"9.9.9"}"#).unwrap_err(),
+            fixup_result(conf, br#"{"cniVersion":"9.9.9"}"#)
+                .unwrap_err()
+                .to_string(),
             "unsupported CNI result version \"9.9.9\""
         );
         assert_eq!(
-            fixup_result(conf, b"").unwrap_err(),
+            fixup_result(conf, b"").unwrap_err().to_string(),
             "failed to unmarshal raw result: unexpected end of JSON input result "
         );
     }

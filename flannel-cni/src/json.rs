@@ -22,7 +22,6 @@
 
 use flannel_core::gojson::write_string;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::fmt::Write as _;
 
 /// A parsed JSON document.
@@ -43,16 +42,9 @@ pub enum Value {
 }
 
 /// A JSON syntax error with Go's wording, e.g. `unexpected end of JSON input`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct SyntaxError(pub String);
-
-impl fmt::Display for SyntaxError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SyntaxError {}
 
 /// Go's limit on nesting (`maxNestingDepth`).
 const MAX_DEPTH: usize = 10_000;

@@ -12,6 +12,7 @@
 //! | [`delegate`] | the delegate config (a pure function of the two), finding and running the delegate |
 //! | [`store`] | the saved delegate configs, `<dataDir>/<containerID>` |
 //! | [`skel`] | the CNI process contract: environment, commands, error JSON; [`skel::run`] is the program |
+//! | [`error`] | the error types; their texts are upstream's, as they appear in the CNI error JSON |
 //! | [`json`] | JSON read and written with Go `encoding/json` rules (error texts, key order, numbers) |
 //!
 //! The binary is `flannel`; install it as `/opt/cni/bin/flannel`. The crate
@@ -32,11 +33,12 @@
 //!     delegate::encode(&config),
 //!     r#"{"ipMasq":false,"ipam":{"ranges":[[{"subnet":"10.1.17.0/24"}]],"routes":[{"dst":"10.1.0.0/16"}],"type":"host-local"},"isGateway":true,"mtu":1472,"name":"cni-flannel","type":"bridge"}"#
 //! );
-//! # Ok::<(), String>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod config;
 pub mod delegate;
+pub mod error;
 pub mod json;
 pub mod skel;
 pub mod store;

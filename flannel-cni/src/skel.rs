@@ -16,6 +16,7 @@
 
 use crate::config::{FlannelEnv, Flavour, NetConf, decode_single_string};
 use crate::delegate;
+use crate::error::ConfigError;
 use crate::json::{go_quote, go_quote_list};
 use crate::store;
 use flannel_core::gojson::write_string;
@@ -69,8 +70,8 @@ impl CniError {
     }
 
     /// A code-999 error carrying the plugin's own message.
-    pub fn internal(msg: impl Into<String>) -> CniError {
-        CniError::new(ERR_INTERNAL, msg, "")
+    pub fn internal(msg: impl std::fmt::Display) -> CniError {
+        CniError::new(ERR_INTERNAL, msg.to_string(), "")
     }
 
     /// The JSON printed on stdout (Go's `json.MarshalIndent` with 4 spaces,
@@ -197,9 +198,9 @@ pub fn validate_config(stdin: &[u8]) -> Result<(), CniError> {
 
 /// libcni's `ConfigDecoder.Decode`: the config's `cniVersion`, `0.1.0` when
 /// empty. Errors read `decoding version from network config: <json error>`.
-pub fn decode_version(config: &[u8]) -> Result<String, String> {
-    let v = decode_single_string(config, "cniVersion", "CNIVersion")
-        .map_err(|e| format!("decoding version from network config: {e}"))?;
+pub fn decode_version(config: &[u8]) -> Result<String, ConfigError> {
+    let v =
+        decode_single_string(config, "cniVersion", "CNIVersion").map_err(ConfigError::Version)?;
     Ok(if v.is_empty() { "0.1.0".into() } else { v })
 }
 
@@ -248,7 +249,7 @@ fn version_at_least(v: &str, other: &str) -> Result<bool, String> {
 /// skel's `checkVersionAndCall` check: the config version must be one of
 /// [`SUPPORTED_VERSIONS`] exactly.
 fn check_version(stdin: &[u8]) -> Result<(), CniError> {
-    let v = decode_version(stdin).map_err(|e| CniError::new(ERR_DECODING, e, ""))?;
+    let v = decode_version(stdin).map_err(|e| CniError::new(ERR_DECODING, e.to_string(), ""))?;
     if SUPPORTED_VERSIONS.contains(&v.as_str()) {
         return Ok(());
     }
@@ -268,7 +269,7 @@ fn check_version(stdin: &[u8]) -> Result<(), CniError> {
 /// exact-match check applies.
 fn check_min_version(stdin: &[u8], min: &str, command: &str) -> Result<(), CniError> {
     let decoding = |e: String| CniError::new(ERR_DECODING, e, "");
-    let v = decode_version(stdin).map_err(decoding)?;
+    let v = decode_version(stdin).map_err(|e| decoding(e.to_string()))?;
     if !version_at_least(&v, min).map_err(decoding)? {
         return Err(CniError::new(
             ERR_INCOMPATIBLE_VERSION,

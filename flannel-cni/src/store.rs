@@ -8,7 +8,7 @@
 //! runtime rules require an alphanumeric first character), so it never
 //! shadows a real entry.
 
-use crate::config::go_path_error;
+use crate::error::{PathError, StoreError};
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -21,40 +21,40 @@ pub fn entry_path(data_dir: &str, container_id: &str) -> PathBuf {
 
 /// Saves `bytes` as `<data_dir>/<container_id>`. Errors read like Go's
 /// (`mkdir <dir>: permission denied`, `open <path>: ...`).
-pub fn save(data_dir: &str, container_id: &str, bytes: &[u8]) -> Result<(), String> {
+pub fn save(data_dir: &str, container_id: &str, bytes: &[u8]) -> Result<(), StoreError> {
     if data_dir.is_empty() {
         // Go's os.MkdirAll("") fails; keep the same outcome.
-        return Err("mkdir : no such file or directory".into());
+        const ENOENT: i32 = 2;
+        let enoent = std::io::Error::from_raw_os_error(ENOENT);
+        return Err(PathError::new("mkdir", "", enoent).into());
     }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(data_dir)
-        .map_err(|e| go_path_error("mkdir", data_dir, &e))?;
+        .map_err(|e| PathError::new("mkdir", data_dir, e))?;
     let path = entry_path(data_dir, container_id);
     let tmp = entry_path(
         data_dir,
         &format!(".{container_id}.tmp-{}", std::process::id()),
     );
     let tmp_s = tmp.display().to_string();
-    let result = (|| {
+    let result = (|| -> Result<(), StoreError> {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| go_path_error("open", &tmp_s, &e))?;
+            .map_err(|e| PathError::new("open", &tmp_s, e))?;
         f.write_all(bytes)
-            .map_err(|e| go_path_error("write", &tmp_s, &e))?;
+            .map_err(|e| PathError::new("write", &tmp_s, e))?;
         f.sync_all()
-            .map_err(|e| go_path_error("sync", &tmp_s, &e))?;
-        fs::rename(&tmp, &path).map_err(|e| {
-            format!(
-                "rename {tmp_s} {}: {}",
-                path.display(),
-                crate::config::go_errno_text(&e)
-            )
+            .map_err(|e| PathError::new("sync", &tmp_s, e))?;
+        fs::rename(&tmp, &path).map_err(|source| StoreError::Rename {
+            from: tmp_s.clone(),
+            to: path.display().to_string(),
+            source,
         })
     })();
     if result.is_err() {
@@ -64,16 +64,16 @@ pub fn save(data_dir: &str, container_id: &str, bytes: &[u8]) -> Result<(), Stri
 }
 
 /// Reads the saved config: `Ok(None)` when there is none.
-pub fn read(data_dir: &str, container_id: &str) -> Result<Option<Vec<u8>>, String> {
+pub fn read(data_dir: &str, container_id: &str) -> Result<Option<Vec<u8>>, PathError> {
     let path = entry_path(data_dir, container_id);
     let shown = path.display().to_string();
     let mut f = match fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(go_path_error("open", &shown, &e)),
+        Err(e) => return Err(PathError::new("open", shown, e)),
     };
     let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut f, &mut buf).map_err(|e| go_path_error("read", &shown, &e))?;
+    std::io::Read::read_to_end(&mut f, &mut buf).map_err(|e| PathError::new("read", shown, e))?;
     Ok(Some(buf))
 }
 
@@ -122,11 +122,11 @@ mod tests {
         let d = dir.path().to_str().unwrap();
         fs::create_dir(dir.path().join("cid")).unwrap();
         assert_eq!(
-            read(d, "cid").unwrap_err(),
+            read(d, "cid").unwrap_err().to_string(),
             format!("read {d}/cid: is a directory")
         );
         assert_eq!(
-            save("", "cid", b"").unwrap_err(),
+            save("", "cid", b"").unwrap_err().to_string(),
             "mkdir : no such file or directory"
         );
     }

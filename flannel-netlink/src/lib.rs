@@ -86,6 +86,7 @@ mod addr;
 mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod iface;
 mod link;
 mod mac;
 mod neigh;

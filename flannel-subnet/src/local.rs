@@ -19,6 +19,13 @@
 //!
 //! This store is for demos, tests and single-node use. A cluster uses etcd or
 //! the Kubernetes API.
+//!
+//! File work (open, `flock`, read, write, fsync, rename) is blocking, and a
+//! lock may be held by another process for a while, so every
+//! [`LeaseStore`] method runs it on tokio's blocking pool
+//! (`spawn_blocking`) and never on the async runtime's threads. The
+//! synchronous setup helpers [`LocalStore::open`] and
+//! [`LocalStore::set_config`] do their (short) I/O in the caller's thread.
 
 use crate::env_file::write_atomic;
 use crate::store::{LeaseStore, Listing, StoreBatch, StoreEvent, StoreWatch};
@@ -264,6 +271,24 @@ impl LocalStore {
         Ok(table)
     }
 
+    /// Runs `f` (blocking file work) on tokio's blocking pool with a copy of
+    /// this store, so no runtime thread waits on the disk or a lock.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, ManagerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&LocalStore) -> Result<T, ManagerError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| {
+                ManagerError::Other(format!(
+                    "local store in {}: file task failed: {e}",
+                    self.dir.display()
+                ))
+            })?
+    }
+
     fn poll_changes(&self, after: i64) -> Result<StoreBatch, ManagerError> {
         let mut table = {
             let _guard = self.lock(false)?;
@@ -307,21 +332,24 @@ impl LeaseStore for LocalStore {
     }
 
     async fn get_config(&self) -> Result<String, ManagerError> {
-        let path = self.dir.join("config");
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(s),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(ManagerError::ConfigNotFound(format!(
-                    "flannel config not found in the local store: {} does not exist",
-                    path.display()
-                )))
+        self.blocking(|s| {
+            let path = s.dir.join("config");
+            match fs::read_to_string(&path) {
+                Ok(text) => Ok(text),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(ManagerError::ConfigNotFound(format!(
+                        "flannel config not found in the local store: {} does not exist",
+                        path.display()
+                    )))
+                }
+                Err(e) => Err(io_err("cannot read", &path, e)),
             }
-            Err(e) => Err(io_err("cannot read", &path, e)),
-        }
+        })
+        .await
     }
 
     async fn list(&self) -> Result<Listing, ManagerError> {
-        let table = self.read()?;
+        let table = self.blocking(LocalStore::read).await?;
         let mut leases: Vec<Lease> = table.leases.iter().filter_map(Row::to_lease).collect();
         leases.sort_by_key(|l| l.key().to_string());
         Ok(Listing {
@@ -333,7 +361,8 @@ impl LeaseStore for LocalStore {
     async fn get(&self, key: &SubnetKey) -> Result<Option<Lease>, ManagerError> {
         let k = key.to_string();
         Ok(self
-            .read()?
+            .blocking(LocalStore::read)
+            .await?
             .leases
             .iter()
             .find(|r| r.key == k)
@@ -346,13 +375,17 @@ impl LeaseStore for LocalStore {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Lease, ManagerError> {
-        let k = key.to_string();
-        self.mutate(|t| {
-            if t.leases.iter().any(|r| r.key == k) {
-                return Err(ManagerError::AlreadyExists(*key));
-            }
-            Ok((t.upsert(key, attrs, Some(ttl)), true))
+        let (key, attrs) = (*key, attrs.clone());
+        self.blocking(move |s| {
+            let k = key.to_string();
+            s.mutate(|t| {
+                if t.leases.iter().any(|r| r.key == k) {
+                    return Err(ManagerError::AlreadyExists(key));
+                }
+                Ok((t.upsert(&key, &attrs, Some(ttl)), true))
+            })
         })
+        .await
     }
 
     async fn put(
@@ -361,27 +394,32 @@ impl LeaseStore for LocalStore {
         attrs: &LeaseAttrs,
         ttl: Option<Duration>,
     ) -> Result<Lease, ManagerError> {
-        self.mutate(|t| Ok((t.upsert(key, attrs, ttl), true)))
+        let (key, attrs) = (*key, attrs.clone());
+        self.blocking(move |s| s.mutate(|t| Ok((t.upsert(&key, &attrs, ttl), true))))
+            .await
     }
 
     async fn delete(&self, key: &SubnetKey) -> Result<(), ManagerError> {
         let k = key.to_string();
-        self.mutate(|t| {
-            let before = t.leases.len();
-            t.leases.retain(|r| r.key != k);
-            let changed = t.leases.len() != before;
-            if changed {
-                t.revision += 1;
-                t.record(k.clone(), None);
-            }
-            Ok(((), changed))
+        self.blocking(move |s| {
+            s.mutate(|t| {
+                let before = t.leases.len();
+                t.leases.retain(|r| r.key != k);
+                let changed = t.leases.len() != before;
+                if changed {
+                    t.revision += 1;
+                    t.record(k.clone(), None);
+                }
+                Ok(((), changed))
+            })
         })
+        .await
     }
 
     async fn watch(&self, revision: i64) -> Result<StoreWatch, ManagerError> {
         let store = self.clone();
         // Fail fast when the history is already gone.
-        let first = store.poll_changes(revision)?;
+        let first = store.blocking(move |s| s.poll_changes(revision)).await?;
         let state = (store, revision, Some(first));
         Ok(Box::pin(futures_util::stream::unfold(
             state,
@@ -391,7 +429,7 @@ impl LeaseStore for LocalStore {
                         Some(b) => Ok(b),
                         None => {
                             tokio::time::sleep(store.poll).await;
-                            store.poll_changes(after)
+                            store.blocking(move |s| s.poll_changes(after)).await
                         }
                     };
                     match batch {

@@ -156,3 +156,53 @@ async fn compaction_resyncs_with_a_snapshot() {
         other => panic!("expected a fresh snapshot after compaction, got {other:?}"),
     }
 }
+
+/// While another process holds the store's lock, a store call waits on
+/// tokio's blocking pool: the (single-threaded) runtime keeps running other
+/// tasks, and the call completes once the lock is released.
+#[tokio::test(flavor = "current_thread")]
+async fn file_work_never_blocks_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    store.set_config(r#"{"Network": "10.3.0.0/16"}"#).unwrap();
+    // Another "process": an exclusive flock on the lock file.
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.path().join("lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    // A watchdog so that a regression fails below instead of hanging: it
+    // releases the lock (same open file description) after 5 s.
+    let watchdog = lock.try_clone().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        let _ = watchdog.unlock();
+    });
+
+    let listing = tokio::spawn({
+        let store = store.clone();
+        async move { store.list().await }
+    });
+    // Were the call blocking this thread, neither these ticks nor the
+    // release below could run.
+    let mut ticks = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ticks += 1;
+    }
+    assert_eq!(ticks, 5);
+    assert!(!listing.is_finished(), "list() ran despite the lock");
+    lock.unlock().unwrap();
+    let listing = tokio::time::timeout(Duration::from_secs(10), listing)
+        .await
+        .expect("list() finished after the lock was released")
+        .unwrap()
+        .unwrap();
+    assert!(listing.leases.is_empty());
+    assert_eq!(
+        store.get_config().await.unwrap(),
+        r#"{"Network": "10.3.0.0/16"}"#
+    );
+}

@@ -43,7 +43,8 @@ use std::path::PathBuf;
 
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
-use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use flannel_netlink::iface::{IfaceError, IfaceSelection};
 
 /// Default of `--etcd-endpoints`.
 pub const DEFAULT_ETCD_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379";
@@ -194,8 +195,8 @@ pub struct Options {
     /// `--local-store-dir` (ours): directory of the local subnet manager's store.
     pub local_store_dir: PathBuf,
     /// `--subnet-manager` (ours), effective: as given, else `kube` with
-    /// `--kube-subnet-mgr`, else `etcd` if any `--etcd-*` flag or non-empty
-    /// `FLANNELD_ETCD_*` variable was given, else `local`.
+    /// `--kube-subnet-mgr`, else `etcd` (Go flanneld's datastore, at
+    /// `--etcd-endpoints`); the local store only when asked for.
     pub subnet_manager: SubnetManagerKind,
 }
 
@@ -235,7 +236,7 @@ impl Default for Options {
             vmodule: String::new(),
             log_backtrace_at: String::new(),
             local_store_dir: DEFAULT_LOCAL_STORE_DIR.into(),
-            subnet_manager: SubnetManagerKind::Local,
+            subnet_manager: SubnetManagerKind::Etcd,
         }
     }
 }
@@ -297,6 +298,35 @@ impl Options {
         parse_from(std::env::args_os(), &process_env)
     }
 
+    /// The interface flags as the typed input of
+    /// [`flannel_netlink::iface::select`]; fails on a `--public-ip` or
+    /// `--public-ipv6` that is not an address of its family (Go's
+    /// `invalid public IP address: <x>`).
+    pub fn iface_selection(&self) -> Result<IfaceSelection, IfaceError> {
+        Ok(IfaceSelection {
+            ifaces: self.iface.clone(),
+            regexes: self.iface_regex.clone(),
+            can_reach: Some(self.iface_can_reach.clone()).filter(|s| !s.is_empty()),
+            public_ip: IfaceSelection::parse_public_ip(&self.public_ip)?,
+            public_ipv6: IfaceSelection::parse_public_ipv6(&self.public_ipv6)?,
+        })
+    }
+
+    /// The flags that were given (on the command line or through
+    /// `FLANNELD_*`) but have no effect here, by their Go names: klog's
+    /// `vmodule` and `log_backtrace_at`. flanneld warns about each once at
+    /// start.
+    pub fn ignored_flags(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.vmodule.is_empty() {
+            out.push("vmodule");
+        }
+        if !self.log_backtrace_at.is_empty() {
+            out.push("log_backtrace_at");
+        }
+        out
+    }
+
     /// `--etcd-endpoints` split on `,`, as Go's `strings.Split` does.
     pub fn etcd_endpoint_list(&self) -> Vec<&str> {
         self.etcd_endpoints.split(',').collect()
@@ -322,8 +352,9 @@ upper-cased, '-' and '.' become '_'), e.g. FLANNELD_ETCD_ENDPOINTS,
 FLANNELD_IP_MASQ, FLANNELD_V; empty values are ignored. A bad value in such a
 variable is an error (Go flanneld ignores it).
 
---subnet-manager defaults to 'kube' with --kube-subnet-mgr, else to 'etcd' if
-any --etcd-* flag or FLANNELD_ETCD_* variable is given, else to 'local'.
+--subnet-manager defaults to 'kube' with --kube-subnet-mgr, else to 'etcd'
+(at --etcd-endpoints, by default http://127.0.0.1:4001,http://127.0.0.1:2379).
+The embedded local store is used only with --subnet-manager=local.
 
 flanneld config check FILE
     Validate a net-conf.json and print it with defaults filled in.";
@@ -456,25 +487,13 @@ struct Flags {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_LOCAL_STORE_DIR)]
     local_store_dir: PathBuf,
     /// where leases live: local, etcd or kube (not in Go flanneld); default: kube with
-    /// --kube-subnet-mgr, else etcd if any --etcd-* flag or FLANNELD_ETCD_* variable is given,
-    /// else local
+    /// --kube-subnet-mgr, else etcd
     #[arg(long, value_name = "KIND", value_enum)]
     subnet_manager: Option<SubnetManagerKind>,
     /// print this help and exit
     #[arg(long, alias = "h", action = ArgAction::HelpShort)]
     help: Option<bool>,
 }
-
-/// The ids of the flags whose presence selects the etcd subnet manager.
-const ETCD_FLAG_IDS: [&str; 7] = [
-    "etcd_endpoints",
-    "etcd_prefix",
-    "etcd_keyfile",
-    "etcd_certfile",
-    "etcd_cafile",
-    "etcd_username",
-    "etcd_password",
-];
 
 /// Parses the daemon's flags. `args` starts with the program name, as
 /// `std::env::args_os()` does; `env` looks up environment variables.
@@ -613,7 +632,7 @@ fn parse_flags(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<
         .chain(user.iter().map(String::as_str));
     let matches = cmd.try_get_matches_from(all).map_err(clap_error)?;
     let flags = Flags::from_arg_matches(&matches).map_err(clap_error)?;
-    into_options(flags, &matches)
+    into_options(flags)
 }
 
 /// Rewrites Go `flag` syntax into clap's: `-name` → `--name`, and a
@@ -654,10 +673,7 @@ fn normalise(cmd: &clap::Command, args: &[String]) -> Result<Vec<String>, CliErr
     Ok(out)
 }
 
-fn into_options(f: Flags, matches: &ArgMatches) -> Result<Options, CliError> {
-    let etcd_given = ETCD_FLAG_IDS
-        .iter()
-        .any(|id| matches.value_source(id) == Some(ValueSource::CommandLine));
+fn into_options(f: Flags) -> Result<Options, CliError> {
     let subnet_manager = match f.subnet_manager {
         Some(kind) if f.kube_subnet_mgr && kind != SubnetManagerKind::Kube => {
             return Err(CliError::Invalid(format!(
@@ -669,8 +685,7 @@ fn into_options(f: Flags, matches: &ArgMatches) -> Result<Options, CliError> {
         }
         Some(kind) => kind,
         None if f.kube_subnet_mgr => SubnetManagerKind::Kube,
-        None if etcd_given => SubnetManagerKind::Etcd,
-        None => SubnetManagerKind::Local,
+        None => SubnetManagerKind::Etcd,
     };
     if !(1..1440).contains(&f.subnet_lease_renew_margin) {
         return Err(CliError::Invalid(format!("error: {RENEW_MARGIN_ERROR}\n")));

@@ -3,7 +3,6 @@
 use crate::backends;
 use crate::cli::{Options, SubnetManagerKind};
 use crate::health::{self, Health};
-use crate::iface;
 use anyhow::{Context, Result, anyhow, bail};
 use flannel_core::backend::{BackendError, HostContext, RegisterContext};
 use flannel_core::config::NetConfig;
@@ -16,7 +15,7 @@ use flannel_subnet::runner::{Runner, RunnerOptions, thread_executor};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// A future that completes on SIGTERM or SIGINT (for the whole process).
 fn signals() -> Result<watch::Receiver<bool>> {
@@ -39,8 +38,13 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-async fn manager(opts: &Options) -> Result<Arc<dyn SubnetManager>> {
-    Ok(match opts.subnet_manager {
+/// The subnet manager the flags ask for; `None` when a signal came while
+/// waiting for etcd.
+async fn manager(
+    opts: &Options,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<Arc<dyn SubnetManager>>> {
+    Ok(Some(match opts.subnet_manager {
         SubnetManagerKind::Local => {
             info!(
                 "using the embedded local store in {}",
@@ -70,14 +74,21 @@ async fn manager(opts: &Options) -> Result<Arc<dyn SubnetManager>> {
                     .map(Into::into),
                 ..flannel_subnet::etcd::EtcdConfig::default()
             };
+            let endpoints = cfg.endpoints.join(",");
+            info!("using etcd at {endpoints} (prefix {})", cfg.prefix);
             // Connecting retries like the config fetch: etcd may start later.
             let mut delay = Duration::from_millis(500);
             loop {
                 match flannel_subnet::etcd::EtcdStore::connect(cfg.clone()).await {
                     Ok(store) => break Arc::new(LeaseManager::new(store)),
                     Err(e) if e.is_transient() => {
-                        warn!("cannot reach etcd yet: {e}");
-                        tokio::time::sleep(delay).await;
+                        warn!("waiting for etcd at {endpoints}: {e}");
+                        debug!("next etcd connection attempt in {} ms", delay.as_millis());
+                        let mut stop = stop.clone();
+                        tokio::select! {
+                            _ = stop.wait_for(|v| *v) => return Ok(None),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
                     Err(e) => return Err(anyhow!(e).context("Failed to create SubnetManager")),
@@ -88,7 +99,7 @@ async fn manager(opts: &Options) -> Result<Arc<dyn SubnetManager>> {
             "Failed to create SubnetManager: the Kubernetes subnet manager is not available in this build yet; \
              use --subnet-manager=etcd or the local store"
         ),
-    })
+    }))
 }
 
 /// Fetches the network config, retrying every second (Go prints `timed out`).
@@ -118,7 +129,10 @@ pub async fn run(opts: Options) -> Result<()> {
     let runner_options = RunnerOptions::default()
         .with_renew_margin_minutes(opts.subnet_lease_renew_margin)
         .map_err(|e| anyhow!(e))?;
-    let sm = manager(&opts).await?;
+    let Some(sm) = manager(&opts, &stop).await? else {
+        info!("Exiting cleanly...");
+        return Ok(());
+    };
 
     let health = Arc::new(Health::default());
     if opts.healthz_port > 0 {
@@ -138,7 +152,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let (netlink, conn) = Netlink::connect().context("cannot open a netlink socket")?;
     tokio::spawn(conn);
     let stored = sm.stored_public_ips().await;
-    let ext = iface::select(&netlink, &opts, stack, stored).await?;
+    let selection = opts.iface_selection()?;
+    let ext = flannel_netlink::iface::select(&netlink, &selection, stack, stored).await?;
     let backend =
         backends::create(&config.backend_type_lower()).context("Error fetching backend")?;
     let ops: SharedOps = Arc::new(netlink.clone());

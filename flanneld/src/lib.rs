@@ -13,6 +13,5 @@ pub mod backends;
 pub mod cli;
 pub mod daemon;
 pub mod health;
-pub mod iface;
 pub mod metrics;
 pub mod traffic;

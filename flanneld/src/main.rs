@@ -27,15 +27,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// `-v` maps to tracing levels (Go's klog verbosity); `RUST_LOG` overrides.
-fn init_logging(v: i32) {
+/// `-v` maps to tracing levels (Go's klog verbosity) for flannel's own
+/// crates only: every `flannel*` target (`flanneld`, `flannel_core`,
+/// `flannel_subnet`, the backends, ...). Dependencies (h2, tonic, hyper,
+/// rustls, netlink) stay at `warn`, since their debug output at `-v=2` would
+/// drown flannel's. `RUST_LOG`, when set, replaces the whole filter.
+fn log_filter(v: i32) -> String {
     let level = match v {
         i32::MIN..=0 => "info",
         1..=3 => "debug",
         _ => "trace",
     };
+    // Directive targets match by prefix: `flannel` covers `flanneld` and
+    // every `flannel_*` crate.
+    format!("warn,flannel={level}")
+}
+
+fn init_logging(v: i32) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(v)));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -48,6 +58,11 @@ fn init_logging(v: i32) {
 fn run(opts: Options) -> ExitCode {
     init_logging(opts.v);
     tracing::info!("CLI flags config: {opts:?}");
+    for flag in opts.ignored_flags() {
+        tracing::warn!(
+            "flag -{flag} is accepted for compatibility with Go flanneld but has no effect"
+        );
+    }
     // One thread: flanneld's work is all async I/O, and every extra thread
     // that allocates gets its own glibc malloc arena (resident memory).
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -81,5 +96,13 @@ fn config_check(path: &Path) -> Result<String, String> {
     let mut cfg = NetConfig::parse(&text).map_err(|e| e.to_string())?;
     cfg.check().map_err(|e| e.to_string())?;
     cfg.stack().map_err(|e| e.to_string())?;
-    Ok(cfg.to_json())
+    let mut json = cfg.to_json();
+    // Go's serialisation leaves an absent `Backend` out; show the type that
+    // will run (vxlan, as the documentation says) so the output is complete.
+    if cfg.backend.is_none() && json.ends_with('}') {
+        let ty = serde_json::to_string(&cfg.backend_type).map_err(|e| e.to_string())?;
+        json.pop();
+        json.push_str(&format!(",\"Backend\":{{\"Type\":{ty}}}}}"));
+    }
+    Ok(json)
 }

@@ -171,7 +171,12 @@ fn defaults_are_gos() {
     assert!(o.set_node_network_unavailable);
     assert_eq!(o.v, 0);
     assert_eq!(o.local_store_dir, PathBuf::from("/run/flannel/local-store"));
-    assert_eq!(o.subnet_manager, SubnetManagerKind::Local);
+    // Drop-in: no datastore flag means etcd at Go's default endpoints.
+    assert_eq!(o.subnet_manager, SubnetManagerKind::Etcd);
+    assert_eq!(
+        o.etcd_endpoint_list(),
+        ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+    );
 }
 
 #[test]
@@ -401,7 +406,7 @@ fn empty_environment_values_are_ignored() {
     )
     .unwrap();
     assert_eq!(o, Options::default());
-    assert_eq!(o.subnet_manager, SubnetManagerKind::Local);
+    assert_eq!(o.subnet_manager, SubnetManagerKind::Etcd);
 }
 
 #[test]
@@ -441,10 +446,12 @@ fn version_and_help_flags() {
 fn subnet_manager_selection() {
     let sm = |args: &[&str], env: &[(&str, &str)]| parse_env(args, env).unwrap().subnet_manager;
     use SubnetManagerKind::*;
-    assert_eq!(sm(&[], &[]), Local);
+    assert_eq!(sm(&[], &[]), Etcd);
     assert_eq!(sm(&["--kube-subnet-mgr"], &[]), Kube);
     assert_eq!(sm(&[], &[("FLANNELD_KUBE_SUBNET_MGR", "true")]), Kube);
-    assert_eq!(sm(&["--kube-subnet-mgr=false"], &[]), Local);
+    assert_eq!(sm(&["--kube-subnet-mgr=false"], &[]), Etcd);
+    assert_eq!(sm(&["--subnet-manager=local"], &[]), Local);
+    assert_eq!(sm(&[], &[("FLANNELD_SUBNET_MANAGER", "local")]), Local);
     assert_eq!(sm(&["-etcd-endpoints=http://x:2379"], &[]), Etcd);
     assert_eq!(sm(&["-etcd-password", "p"], &[]), Etcd);
     assert_eq!(sm(&[], &[("FLANNELD_ETCD_PREFIX", "/p")]), Etcd);
@@ -654,4 +661,140 @@ fn process_config_check() {
     assert_eq!(out.status.code(), Some(2));
 
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs the binary inside a fresh network namespace (so nothing listens on
+/// 127.0.0.1:2379 or :4001 whatever else runs on this machine), with a
+/// clean `FLANNELD_*`/`RUST_LOG`-free environment plus `env`, sends SIGTERM
+/// after `wait`, and returns its output.
+fn run_until_sigterm(args: &[&str], env: &[(&str, &str)], wait: std::time::Duration) -> Output {
+    let ns = flannel_testutil::netns::NetNs::new("cli")
+        .expect("a network namespace for flanneld (needs root and `ip`)");
+    let mut cmd = Process::new("ip");
+    // `ip netns exec` execs flanneld, so the child's pid is flanneld's.
+    cmd.args(["netns", "exec", ns.name(), BIN]).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLANNELD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn flanneld");
+    std::thread::sleep(wait);
+    let term = Process::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success(), "flanneld exited before SIGTERM");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn process_defaults_to_etcd_at_go_endpoints_and_stops_on_sigterm() {
+    let out = run_until_sigterm(&[], &[], std::time::Duration::from_millis(1500));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("using etcd at http://127.0.0.1:4001,http://127.0.0.1:2379"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("waiting for etcd at http://127.0.0.1:4001,http://127.0.0.1:2379"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("local store"), "{stderr}");
+    assert!(stderr.contains("Exiting cleanly"), "{stderr}");
+}
+
+#[test]
+fn process_warns_once_about_each_ignored_klog_flag() {
+    // Long enough for several etcd connection attempts: the warnings belong
+    // to the start, not to each attempt.
+    let out = run_until_sigterm(
+        &["-vmodule=x=1", "-log_backtrace_at=main.go:12"],
+        &[],
+        std::time::Duration::from_millis(2000),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.matches("waiting for etcd").count() >= 2, "{stderr}");
+    for flag in ["-vmodule ", "-log_backtrace_at "] {
+        let warning =
+            format!("flag {flag}is accepted for compatibility with Go flanneld but has no effect");
+        assert_eq!(stderr.matches(&warning).count(), 1, "{flag}: {stderr}");
+    }
+    // Through the environment too; not given at all: no warning.
+    let out = run_until_sigterm(
+        &[],
+        &[("FLANNELD_VMODULE", "y=2")],
+        std::time::Duration::from_millis(800),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("flag -vmodule is accepted").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("flag -log_backtrace_at"), "{stderr}");
+}
+
+#[test]
+fn process_verbosity_raises_flannel_logs_but_not_dependencies() {
+    // The etcd client's stack (tower, hyper) logs each connection attempt at
+    // debug level, e.g. `connecting to 127.0.0.1:2379`.
+    const DEPENDENCY_DEBUG: &str = "connecting to 127.0.0.1:2379";
+    const FLANNEL_DEBUG: &str = "next etcd connection attempt in";
+    let wait = std::time::Duration::from_millis(1200);
+
+    let out = run_until_sigterm(&[], &[], wait);
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains(FLANNEL_DEBUG), "-v=0: {stderr}");
+
+    let out = run_until_sigterm(&["-v=2"], &[], wait);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(FLANNEL_DEBUG), "-v=2: {stderr}");
+    assert!(!stderr.contains(DEPENDENCY_DEBUG), "-v=2: {stderr}");
+    assert!(!stderr.contains("DEBUG reconnect"), "-v=2: {stderr}");
+
+    // RUST_LOG replaces the filter, dependencies included.
+    let out = run_until_sigterm(&[], &[("RUST_LOG", "debug")], wait);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(DEPENDENCY_DEBUG),
+        "RUST_LOG=debug: {stderr}"
+    );
+}
+
+#[test]
+fn process_config_check_shows_the_default_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("no-backend.json");
+    std::fs::write(&file, r#"{"Network": "10.244.0.0/16"}"#).unwrap();
+    let out = run(&["config", "check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json = text(&out.stdout);
+    assert!(
+        json.trim_end().ends_with(r#","Backend":{"Type":"vxlan"}}"#),
+        "{json}"
+    );
+    serde_json::from_str::<serde_json::Value>(&json).expect("valid JSON");
+
+    // A given Backend is printed as written (type and options).
+    std::fs::write(
+        &file,
+        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#,
+    )
+    .unwrap();
+    let out = run(&["config", "check", file.to_str().unwrap()]);
+    let json = text(&out.stdout);
+    assert!(json.contains(r#""Backend":{"Type":"host-gw"}"#), "{json}");
+    assert_eq!(json.matches("Backend").count(), 1, "{json}");
 }
