@@ -16,15 +16,15 @@
 //! agent takes over without dropping traffic).
 
 use anyhow::{Context, Result, bail};
-use flannel_core::backend::{Backend, ExternalInterface, HostContext, RegisterContext};
+use flannel_core::backend::{Backend, HostContext, RegisterContext};
 use flannel_core::manager::SubnetManager;
 use flannel_core::subnet_env::SubnetEnv;
+use flannel_netlink::iface::{IfaceSelection, select};
 use flannel_netlink::{Netlink, SharedOps};
 use flannel_subnet::env_file::write_subnet_env;
 use flannel_subnet::local::LocalStore;
 use flannel_subnet::manager::LeaseManager;
 use flannel_subnet::runner::{Runner, thread_executor};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::info;
@@ -67,33 +67,6 @@ impl Args {
     }
 }
 
-/// The external interface by name, with its first IPv4 address as the
-/// public one (flanneld's full selection rules are in `flanneld`).
-async fn external_interface(netlink: &Netlink, name: &str) -> Result<ExternalInterface> {
-    let link = netlink
-        .link_by_name(name)
-        .await?
-        .with_context(|| format!("no interface named {name}"))?;
-    let v4 = netlink
-        .addresses(link.index)
-        .await?
-        .into_iter()
-        .find_map(|a| match a.addr {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .with_context(|| format!("{name} has no IPv4 address"))?;
-    Ok(ExternalInterface {
-        name: link.name,
-        index: link.index,
-        mtu: link.mtu,
-        iface_addr: Some(v4),
-        iface_v6_addr: None,
-        ext_addr: Some(v4),
-        ext_v6_addr: None,
-    })
-}
-
 /// Completes on SIGTERM or SIGINT.
 async fn shutdown() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -130,7 +103,13 @@ async fn main() -> Result<()> {
     //    netlink handle.
     let (netlink, conn) = Netlink::connect()?;
     tokio::spawn(conn);
-    let ext = external_interface(&netlink, &args.iface).await?;
+    // Interface selection as flanneld does it (`--iface` here; regexes,
+    // can-reach and public IPs are fields of `IfaceSelection` too).
+    let selection = IfaceSelection {
+        ifaces: vec![args.iface.clone()],
+        ..IfaceSelection::default()
+    };
+    let ext = select(&netlink, &selection, config.stack()?, (None, None)).await?;
     let ops: SharedOps = Arc::new(netlink);
     let host = HostContext::default()
         .with_env(|name| std::env::var(name).ok())
