@@ -206,7 +206,7 @@ impl VxlanNetwork {
                     spec.name
                 );
             }
-            disable_accept_ra(&spec.name);
+            disable_accept_ra(&ops, &spec.name).await;
             let link = ensured.link;
             let mac = link.mac.ok_or_else(|| {
                 BackendError::Refused(format!("{} has no MAC address", spec.name))
@@ -373,7 +373,7 @@ impl VxlanNetwork {
             .ensure_vxlan(&dev.spec)
             .await
             .map_err(|e| dp(format!("vxlan device {}", dev.name()), e))?;
-        disable_accept_ra(dev.name());
+        disable_accept_ra(&ops, dev.name()).await;
         if ensured.link.index != dev.view.index {
             // Everything the reconcilers applied went with the old device.
             dev.view.index = ensured.link.index;
@@ -396,10 +396,9 @@ impl VxlanNetwork {
 
 /// The kernel must not autoconfigure addresses on the VTEP. As in Go, a
 /// failure (no IPv6, no permission to write `/proc/sys`) is not an error.
-fn disable_accept_ra(name: &str) {
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
-    if let Err(e) = std::fs::write(&path, "0") {
-        debug!("cannot write 0 to {path}: {e}");
+async fn disable_accept_ra(ops: &SharedOps, name: &str) {
+    if let Err(e) = ops.disable_accept_ra(name).await {
+        debug!("{e}");
     }
 }
 

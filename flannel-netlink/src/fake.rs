@@ -435,4 +435,8 @@ impl NetOps for FakeNetlink {
         }
         Ok(())
     }
+
+    async fn disable_accept_ra(&self, name: &str) -> Result<(), NetlinkError> {
+        self.record(format!("sysctl net.ipv6.conf.{name}.accept_ra=0"))
+    }
 }

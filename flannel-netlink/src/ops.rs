@@ -50,6 +50,9 @@ pub trait NetOps: Send + Sync {
     async fn replace_fdb(&self, index: u32, mac: Mac, dst: IpAddr) -> Result<(), NetlinkError>;
     /// `bridge fdb del <mac> dev <dev> dst <dst> self` (missing is success).
     async fn del_fdb(&self, index: u32, mac: Mac, dst: IpAddr) -> Result<(), NetlinkError>;
+    /// `sysctl net.ipv6.conf.<name>.accept_ra=0`: no router advertisements
+    /// on a device of ours (a `/proc/sys` write, not netlink).
+    async fn disable_accept_ra(&self, name: &str) -> Result<(), NetlinkError>;
 }
 
 /// A shared [`NetOps`]: what backends find in their
@@ -117,5 +120,13 @@ impl NetOps for Netlink {
     }
     async fn del_fdb(&self, index: u32, mac: Mac, dst: IpAddr) -> Result<(), NetlinkError> {
         Netlink::del_fdb(self, index, mac, dst).await
+    }
+    async fn disable_accept_ra(&self, name: &str) -> Result<(), NetlinkError> {
+        let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");
+        std::fs::write(&path, "0").map_err(|source| NetlinkError::Kernel {
+            object: format!("writing 0 to {path}"),
+            source,
+            detail: None,
+        })
     }
 }

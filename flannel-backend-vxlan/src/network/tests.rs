@@ -355,6 +355,7 @@ async fn a_deleted_device_is_recreated_with_its_mac_and_reprogrammed() {
         writes,
         [
             "link add vxlan flannel.1 id 1".to_string(),
+            "sysctl net.ipv6.conf.flannel.1.accept_ra=0".to_string(),
             format!("addr add 10.5.1.0/32 dev if{i}"),
             format!("link set if{i} up"),
             format!("neigh replace 10.5.3.0 lladdr {} dev if{i}", mac(3)),
