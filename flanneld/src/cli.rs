@@ -241,54 +241,91 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Every option as `(flag name, value as text)`, in the order of Go's
+    /// flags, with the etcd password masked (`***`).
+    fn rendered(&self) -> Vec<(&'static str, String)> {
+        let s = |v: &String| v.clone();
+        let p = |v: &PathBuf| v.display().to_string();
+        let password = if self.etcd_password.is_empty() {
+            String::new()
+        } else {
+            "***".to_string()
+        };
+        vec![
+            ("etcd-endpoints", s(&self.etcd_endpoints)),
+            ("etcd-prefix", s(&self.etcd_prefix)),
+            ("etcd-keyfile", s(&self.etcd_keyfile)),
+            ("etcd-certfile", s(&self.etcd_certfile)),
+            ("etcd-cafile", s(&self.etcd_cafile)),
+            ("etcd-username", s(&self.etcd_username)),
+            ("etcd-password", password),
+            ("iface", self.iface.join(",")),
+            ("iface-regex", self.iface_regex.join(",")),
+            ("iface-can-reach", s(&self.iface_can_reach)),
+            ("subnet-file", p(&self.subnet_file)),
+            ("public-ip", s(&self.public_ip)),
+            ("public-ipv6", s(&self.public_ipv6)),
+            (
+                "subnet-lease-renew-margin",
+                self.subnet_lease_renew_margin.to_string(),
+            ),
+            ("ip-masq", self.ip_masq.to_string()),
+            (
+                "ip-masq-fully-random-disable",
+                self.ip_masq_fully_random_disable.to_string(),
+            ),
+            ("kube-subnet-mgr", self.kube_subnet_mgr.to_string()),
+            ("kube-api-url", s(&self.kube_api_url)),
+            ("kube-annotation-prefix", s(&self.kube_annotation_prefix)),
+            ("kubeconfig-file", s(&self.kubeconfig_file)),
+            ("version", self.version.to_string()),
+            ("healthz-ip", s(&self.healthz_ip)),
+            ("healthz-port", self.healthz_port.to_string()),
+            ("iptables-resync", self.iptables_resync.to_string()),
+            (
+                "iptables-forward-rules",
+                self.iptables_forward_rules.to_string(),
+            ),
+            ("ip-blackhole-route", self.ip_blackhole_route.to_string()),
+            ("net-config-path", p(&self.net_config_path)),
+            (
+                "set-node-network-unavailable",
+                self.set_node_network_unavailable.to_string(),
+            ),
+            ("v", self.v.to_string()),
+            ("vmodule", s(&self.vmodule)),
+            ("log_backtrace_at", s(&self.log_backtrace_at)),
+            ("local-store-dir", p(&self.local_store_dir)),
+            (
+                "subnet-manager",
+                format!("{:?}", self.subnet_manager).to_lowercase(),
+            ),
+        ]
+    }
+}
+
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let password: &dyn fmt::Debug = if self.etcd_password.is_empty() {
-            &""
-        } else {
-            &"***"
-        };
-        f.debug_struct("Options")
-            .field("etcd_endpoints", &self.etcd_endpoints)
-            .field("etcd_prefix", &self.etcd_prefix)
-            .field("etcd_keyfile", &self.etcd_keyfile)
-            .field("etcd_certfile", &self.etcd_certfile)
-            .field("etcd_cafile", &self.etcd_cafile)
-            .field("etcd_username", &self.etcd_username)
-            .field("etcd_password", password)
-            .field("iface", &self.iface)
-            .field("iface_regex", &self.iface_regex)
-            .field("iface_can_reach", &self.iface_can_reach)
-            .field("subnet_file", &self.subnet_file)
-            .field("public_ip", &self.public_ip)
-            .field("public_ipv6", &self.public_ipv6)
-            .field("subnet_lease_renew_margin", &self.subnet_lease_renew_margin)
-            .field("ip_masq", &self.ip_masq)
-            .field(
-                "ip_masq_fully_random_disable",
-                &self.ip_masq_fully_random_disable,
-            )
-            .field("kube_subnet_mgr", &self.kube_subnet_mgr)
-            .field("kube_api_url", &self.kube_api_url)
-            .field("kube_annotation_prefix", &self.kube_annotation_prefix)
-            .field("kubeconfig_file", &self.kubeconfig_file)
-            .field("version", &self.version)
-            .field("healthz_ip", &self.healthz_ip)
-            .field("healthz_port", &self.healthz_port)
-            .field("iptables_resync", &self.iptables_resync)
-            .field("iptables_forward_rules", &self.iptables_forward_rules)
-            .field("ip_blackhole_route", &self.ip_blackhole_route)
-            .field("net_config_path", &self.net_config_path)
-            .field(
-                "set_node_network_unavailable",
-                &self.set_node_network_unavailable,
-            )
-            .field("v", &self.v)
-            .field("vmodule", &self.vmodule)
-            .field("log_backtrace_at", &self.log_backtrace_at)
-            .field("local_store_dir", &self.local_store_dir)
-            .field("subnet_manager", &self.subnet_manager)
-            .finish()
+        let mut d = f.debug_struct("Options");
+        for (name, value) in self.rendered() {
+            d.field(name, &value);
+        }
+        d.finish()
+    }
+}
+
+/// The options as flags (`--etcd-prefix=/coreos.com/network …`), for the
+/// start-up log line; the etcd password shows as `***`.
+impl fmt::Display for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (name, value)) in self.rendered().into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "--{name}={value}")?;
+        }
+        Ok(())
     }
 }
 

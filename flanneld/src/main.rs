@@ -57,7 +57,7 @@ fn init_logging(v: i32) {
 
 fn run(opts: Options) -> ExitCode {
     init_logging(opts.v);
-    tracing::info!("CLI flags config: {opts:?}");
+    tracing::info!("CLI flags config: {opts}");
     for flag in opts.ignored_flags() {
         tracing::warn!(
             "flag -{flag} is accepted for compatibility with Go flanneld but has no effect"

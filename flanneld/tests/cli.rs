@@ -540,9 +540,9 @@ fn process_prints_options_with_password_masked() {
     let _ = std::fs::remove_dir_all(&store);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("ip_masq: true"), "{stderr}");
-    assert!(stderr.contains("\"eth9\""), "{stderr}");
-    assert!(stderr.contains("***"), "{stderr}");
+    assert!(stderr.contains(" --ip-masq=true "), "{stderr}");
+    assert!(stderr.contains(" --iface=eth9 "), "{stderr}");
+    assert!(stderr.contains(" --etcd-password=*** "), "{stderr}");
     assert!(stderr.contains("Couldn't fetch network config"), "{stderr}");
     assert!(stderr.contains("Exiting cleanly"), "{stderr}");
     assert!(!stderr.contains("topsecret") && !text(&out.stdout).contains("topsecret"));
