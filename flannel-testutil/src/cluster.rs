@@ -36,6 +36,43 @@
 //! c.add_pod(1);
 //! c.ping_all_pairs(false);
 //! ```
+//!
+//! # Several networks
+//!
+//! A cluster holds one or more flannel networks ([`Net`]), each with its own
+//! etcd prefix, config, and a flanneld per host writing its own subnet file
+//! and log: the documentation's multi-network recipe (`flanneld -subnet-file
+//! /vxlan.env -etcd-prefix=/vxlan/network` beside a second daemon with
+//! another prefix and subnet file). [`Cluster::new`] makes one network,
+//! [`Net::FIRST`], under [`PREFIX`]; [`Cluster::with_network`] makes the
+//! first one from a [`NetworkSpec`] and [`Cluster::add_network`] adds more.
+//! The methods without a network argument ([`Cluster::start`],
+//! [`Cluster::wait_env`], [`Cluster::log`], ...) act on [`Net::FIRST`]; their
+//! `_on` forms ([`Cluster::start_on`], [`Cluster::wait_env_on`],
+//! [`Cluster::log_on`], ...) take the network.
+//!
+//! ```no_run
+//! use flannel_testutil::cluster::{Backing, Cluster, Net, NetworkSpec};
+//!
+//! let vxlan = NetworkSpec {
+//!     name: "vxlan",
+//!     prefix: "/vxlan/network",
+//!     config: r#"{"Network": "10.11.0.0/16", "Backend": {"Type": "vxlan"}}"#,
+//! };
+//! let hostgw = NetworkSpec {
+//!     name: "hostgw",
+//!     prefix: "/hostgw/network",
+//!     config: r#"{"Network": "10.12.0.0/16", "Backend": {"Type": "host-gw"}}"#,
+//! };
+//! let mut c = Cluster::with_network("target/debug/flanneld", "mn", 2, false, Backing::Etcd, vxlan);
+//! let vx = Net::FIRST;
+//! let hg = c.add_network(hostgw);
+//! for i in 0..2 {
+//!     c.start_on(vx, i, &["--ip-masq"]);
+//!     c.start_on(hg, i, &["--ip-masq"]);
+//! }
+//! let env = c.wait_env_on(hg, 0); // h1/hostgw.env
+//! ```
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -318,6 +355,74 @@ impl Drop for Daemon {
     }
 }
 
+/// One flannel network of a [`Cluster`] (see the module documentation):
+/// [`Net::FIRST`] is the one the constructor makes, [`Cluster::add_network`]
+/// returns the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Net(usize);
+
+impl Net {
+    /// The network made by [`Cluster::new`] or [`Cluster::with_network`].
+    pub const FIRST: Net = Net(0);
+
+    /// Its position in the cluster's networks (0 for [`Net::FIRST`]).
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// What a network of a [`Cluster`] is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkSpec<'a> {
+    /// Names the network's files in each host directory: `<name>.env` (the
+    /// subnet file) and `flanneld-<name>.log`; empty for `subnet.env` and
+    /// `flanneld.log` (what [`Cluster::new`] uses). Must be unique in the
+    /// cluster.
+    pub name: &'a str,
+    /// The etcd prefix (`-etcd-prefix`); the config is stored under
+    /// `<prefix>/config`. Not used with [`Backing::Local`], where every
+    /// network gets a store directory of its own instead.
+    pub prefix: &'a str,
+    /// The `net-conf.json` text.
+    pub config: &'a str,
+}
+
+/// A network's own state.
+#[derive(Debug)]
+struct Network {
+    name: String,
+    prefix: String,
+    /// The store directory with [`Backing::Local`].
+    local_store: Option<PathBuf>,
+}
+
+impl Network {
+    fn subnet_file_name(&self) -> String {
+        if self.name.is_empty() {
+            "subnet.env".to_owned()
+        } else {
+            format!("{}.env", self.name)
+        }
+    }
+
+    fn log_name(&self) -> String {
+        if self.name.is_empty() {
+            "flanneld.log".to_owned()
+        } else {
+            format!("flanneld-{}.log", self.name)
+        }
+    }
+
+    /// How a log or message names the network.
+    fn label(&self) -> String {
+        if self.name.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{} ({})", self.name, self.prefix)
+        }
+    }
+}
+
 /// Where the leases live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backing {
@@ -330,6 +435,8 @@ pub enum Backing {
 #[derive(Debug)]
 enum Store {
     Etcd(Box<EtcdServer>),
+    /// The first network's store directory (each network has its own, in
+    /// [`Network::local_store`]).
     Local(PathBuf),
 }
 
@@ -348,14 +455,19 @@ pub struct Pod {
 /// namespaces, temp dir.
 #[derive(Debug)]
 pub struct Cluster {
-    /// flanneld per host (`None` when not running).
+    /// flanneld per host of [`Net::FIRST`] (`None` when not running).
     pub daemons: Vec<Option<Daemon>>,
+    /// flanneld per host of the other networks: `more_daemons[n - 1][i]` for
+    /// network `n`, host `i`.
+    more_daemons: Vec<Vec<Option<Daemon>>>,
     /// Pods per host.
     pub pods: Vec<Option<Pod>>,
     store: Store,
+    networks: Vec<Network>,
     /// The namespaces.
     pub topo: Topology,
-    /// The temp dir: `h<N>/` per host (subnet.env, flanneld.log, CNI dirs).
+    /// The temp dir: `h<N>/` per host (subnet.env and flanneld.log, or
+    /// `<name>.env` and `flanneld-<name>.log` per named network, CNI dirs).
     pub dir: TempDir,
     name: String,
     flanneld: PathBuf,
@@ -363,8 +475,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds `hosts` hosts (optionally with IPv6) and the store holding
-    /// `config` (the `net-conf.json` text) for the `flanneld` binary at
-    /// `flanneld`; `name` makes the namespace and directory names readable.
+    /// `config` (the `net-conf.json` text) under [`PREFIX`] for the
+    /// `flanneld` binary at `flanneld`; `name` makes the namespace and
+    /// directory names readable. The network is [`Net::FIRST`], with
+    /// `subnet.env` and `flanneld.log` in each host directory.
     ///
     /// Panics naming what is missing: the flanneld binary, a prerequisite
     /// (see [`prerequisites`]), root, or etcd.
@@ -375,6 +489,24 @@ impl Cluster {
         ipv6: bool,
         backing: Backing,
         config: &str,
+    ) -> Cluster {
+        let first = NetworkSpec {
+            name: "",
+            prefix: PREFIX,
+            config,
+        };
+        Cluster::with_network(flanneld, name, hosts, ipv6, backing, first)
+    }
+
+    /// Like [`Cluster::new`], with the first network ([`Net::FIRST`]) made
+    /// from `first` (its own prefix and file names).
+    pub fn with_network(
+        flanneld: impl AsRef<Path>,
+        name: &str,
+        hosts: usize,
+        ipv6: bool,
+        backing: Backing,
+        first: NetworkSpec<'_>,
     ) -> Cluster {
         let flanneld = flanneld.as_ref().to_owned();
         assert!(
@@ -412,32 +544,101 @@ impl Cluster {
                     .unwrap_or_else(|e| panic!("starting etcd: {e}"));
                 Store::Etcd(Box::new(server))
             }
-            Backing::Local => {
-                let store = dir.path().join("store");
-                fs::create_dir_all(&store).expect("store dir");
-                fs::write(store.join("config"), config).expect("write config");
-                Store::Local(store)
-            }
+            Backing::Local => Store::Local(dir.path().join(local_store_name(first.name))),
         };
-        let c = Cluster {
+        let mut c = Cluster {
             daemons: (0..hosts).map(|_| None).collect(),
+            more_daemons: Vec::new(),
             pods: (0..hosts).map(|_| None).collect(),
             store,
+            networks: Vec::new(),
             topo,
             dir,
             name: name.to_owned(),
             flanneld,
         };
-        if matches!(c.store, Store::Etcd(_)) {
-            let config = config.to_owned();
-            c.with_etcd(async move |mut client: etcd_client::Client| {
-                client
-                    .put(format!("{PREFIX}/config"), config, None)
-                    .await
-                    .expect("put the network config into etcd");
-            });
-        }
+        c.store_network(first);
         c
+    }
+
+    /// Adds a network: stores `spec.config` under `<spec.prefix>/config`
+    /// (or in a local store directory of its own) and returns it; start
+    /// its daemons with [`Cluster::start_on`]. Panics when `spec.name` or
+    /// `spec.prefix` is already used by another network of the cluster.
+    pub fn add_network(&mut self, spec: NetworkSpec<'_>) -> Net {
+        if let Some(other) = self
+            .networks
+            .iter()
+            .find(|n| n.name == spec.name || n.prefix == spec.prefix)
+        {
+            panic!(
+                "{}: network {:?} ({}) clashes with network {} (names and prefixes must be unique)",
+                self.name,
+                spec.name,
+                spec.prefix,
+                other.label()
+            );
+        }
+        self.more_daemons
+            .push((0..self.len()).map(|_| None).collect());
+        self.store_network(spec)
+    }
+
+    /// Records `spec` and writes its config to the store.
+    fn store_network(&mut self, spec: NetworkSpec<'_>) -> Net {
+        let local_store = match &self.store {
+            Store::Etcd(_) => {
+                let (key, config) = (format!("{}/config", spec.prefix), spec.config.to_owned());
+                self.with_etcd(async move |mut client: etcd_client::Client| {
+                    client
+                        .put(key, config, None)
+                        .await
+                        .expect("put the network config into etcd");
+                });
+                None
+            }
+            Store::Local(_) => {
+                let store = self.dir.path().join(local_store_name(spec.name));
+                fs::create_dir_all(&store).expect("store dir");
+                fs::write(store.join("config"), spec.config).expect("write config");
+                Some(store)
+            }
+        };
+        self.networks.push(Network {
+            name: spec.name.to_owned(),
+            prefix: spec.prefix.to_owned(),
+            local_store,
+        });
+        Net(self.networks.len() - 1)
+    }
+
+    /// The cluster's networks, [`Net::FIRST`] first.
+    pub fn networks(&self) -> impl Iterator<Item = Net> + use<> {
+        (0..self.networks.len()).map(Net)
+    }
+
+    fn network(&self, net: Net) -> &Network {
+        self.networks
+            .get(net.0)
+            .unwrap_or_else(|| panic!("{}: no network {}", self.name, net.0))
+    }
+
+    /// The etcd prefix of `net`.
+    pub fn prefix(&self, net: Net) -> &str {
+        &self.network(net).prefix
+    }
+
+    /// The daemon slot of `net` on host `i`.
+    fn slot(&mut self, net: Net, i: usize) -> &mut Option<Daemon> {
+        if net == Net::FIRST {
+            return &mut self.daemons[i];
+        }
+        let name = self.name.clone();
+        self.more_daemons
+            .get_mut(net.0 - 1)
+            .unwrap_or_else(|| panic!("{name}: no network {}", net.0))
+            .get_mut(i)
+            .unwrap_or_else(|| panic!("{name}: no host {}", i + 1))
     }
 
     /// The flanneld binary this cluster runs.
@@ -469,27 +670,49 @@ impl Cluster {
         self.dir.path().join(format!("h{}", i + 1))
     }
 
-    /// Host `i`'s subnet.env path.
+    /// Host `i`'s subnet.env path ([`Net::FIRST`]).
     pub fn subnet_file(&self, i: usize) -> PathBuf {
-        self.host_dir(i).join("subnet.env")
+        self.subnet_file_on(Net::FIRST, i)
     }
 
-    /// Host `i`'s flanneld log path.
+    /// Host `i`'s subnet file of `net` (`h<i+1>/<name>.env`, or
+    /// `subnet.env` for an unnamed network).
+    pub fn subnet_file_on(&self, net: Net, i: usize) -> PathBuf {
+        self.host_dir(i).join(self.network(net).subnet_file_name())
+    }
+
+    /// Host `i`'s flanneld log path ([`Net::FIRST`]).
     pub fn log_path(&self, i: usize) -> PathBuf {
-        self.host_dir(i).join("flanneld.log")
+        self.log_path_on(Net::FIRST, i)
     }
 
-    /// Host `i`'s flanneld log (all runs).
+    /// Host `i`'s flanneld log path of `net` (`h<i+1>/flanneld-<name>.log`,
+    /// or `flanneld.log` for an unnamed network).
+    pub fn log_path_on(&self, net: Net, i: usize) -> PathBuf {
+        self.host_dir(i).join(self.network(net).log_name())
+    }
+
+    /// Host `i`'s flanneld log (all runs; [`Net::FIRST`]).
     pub fn log(&self, i: usize) -> String {
-        fs::read_to_string(self.log_path(i)).unwrap_or_default()
+        self.log_on(Net::FIRST, i)
     }
 
-    /// The last `n` lines of host `i`'s flanneld log.
+    /// Host `i`'s flanneld log of `net` (all runs).
+    pub fn log_on(&self, net: Net, i: usize) -> String {
+        fs::read_to_string(self.log_path_on(net, i)).unwrap_or_default()
+    }
+
+    /// The last `n` lines of host `i`'s flanneld log ([`Net::FIRST`]).
     pub fn log_tail(&self, i: usize, n: usize) -> String {
-        tail(&self.log(i), n)
+        self.log_tail_on(Net::FIRST, i, n)
     }
 
-    /// The local store directory.
+    /// The last `n` lines of host `i`'s flanneld log of `net`.
+    pub fn log_tail_on(&self, net: Net, i: usize, n: usize) -> String {
+        tail(&self.log_on(net, i), n)
+    }
+
+    /// The local store directory ([`Net::FIRST`]'s).
     pub fn local_store(&self) -> &Path {
         match &self.store {
             Store::Local(p) => p,
@@ -498,23 +721,48 @@ impl Cluster {
     }
 
     /// Starts flanneld on host `i` with `--iface=eth0`, the subnet file, the
-    /// store flags and `extra`.
+    /// store flags and `extra` ([`Net::FIRST`]).
     pub fn start(&mut self, i: usize, extra: &[&str]) {
+        self.start_on(Net::FIRST, i, extra);
+    }
+
+    /// Starts `net`'s flanneld on host `i` with `--iface=eth0`, the subnet
+    /// file, the store flags and `extra`; its output goes to
+    /// [`Cluster::log_path_on`]. A network under another prefix than
+    /// [`PREFIX`] is started as the documentation's recipe spells it,
+    /// `-subnet-file <file> -etcd-prefix=<prefix>` (Go's single-dash flags).
+    /// Several daemons on one host need distinct `--healthz-port`s in
+    /// `extra` when they serve health.
+    pub fn start_on(&mut self, net: Net, i: usize, extra: &[&str]) {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path(i))
+            .open(self.log_path_on(net, i))
             .expect("open flanneld log");
+        let network = self.network(net);
+        let subnet_file = self.subnet_file_on(net, i);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.host(i).name()])
             .arg(&self.flanneld)
-            .arg("--iface=eth0")
-            .arg(format!("--subnet-file={}", self.subnet_file(i).display()));
+            .arg("--iface=eth0");
+        let recipe = network.prefix != PREFIX;
+        if recipe {
+            cmd.arg("-subnet-file").arg(&subnet_file);
+        } else {
+            cmd.arg(format!("--subnet-file={}", subnet_file.display()));
+        }
         match &self.store {
             Store::Etcd(server) => {
                 cmd.arg(format!("--etcd-endpoints={}", server.endpoint()));
+                if recipe {
+                    cmd.arg(format!("-etcd-prefix={}", network.prefix));
+                }
             }
-            Store::Local(dir) => {
+            Store::Local(_) => {
+                let dir = network
+                    .local_store
+                    .as_ref()
+                    .expect("a local-store network has a store directory");
                 cmd.arg("--subnet-manager=local")
                     .arg(format!("--local-store-dir={}", dir.display()));
             }
@@ -532,29 +780,48 @@ impl Cluster {
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
         let child = cmd.spawn().expect("spawn ip netns exec flanneld");
-        self.daemons[i] = Some(Daemon { child });
+        *self.slot(net, i) = Some(Daemon { child });
     }
 
-    /// Starts flanneld on every host with no extra flags.
+    /// Starts flanneld on every host with no extra flags ([`Net::FIRST`]).
     pub fn start_all(&mut self) {
         for i in 0..self.len() {
             self.start(i, &[]);
         }
     }
 
-    /// The running daemon of host `i`.
+    /// The running daemon of host `i` ([`Net::FIRST`]).
     pub fn daemon(&mut self, i: usize) -> &mut Daemon {
-        self.daemons[i]
-            .as_mut()
-            .unwrap_or_else(|| panic!("host {} runs no flanneld", i + 1))
+        self.daemon_on(Net::FIRST, i)
     }
 
-    /// The inode of host `i`'s subnet.env, if it exists. flanneld writes
-    /// the file atomically (temp file + rename) once per start, so a new
-    /// inode means a (re)started flanneld is ready.
+    /// The running daemon of `net` on host `i`.
+    pub fn daemon_on(&mut self, net: Net, i: usize) -> &mut Daemon {
+        let label = self.network(net).label();
+        self.slot(net, i)
+            .as_mut()
+            .unwrap_or_else(|| panic!("host {} runs no flanneld of network {label}", i + 1))
+    }
+
+    /// Takes `net`'s daemon of host `i` out of the cluster (`None` when it
+    /// runs none); dropping it kills it.
+    pub fn take_daemon_on(&mut self, net: Net, i: usize) -> Option<Daemon> {
+        self.slot(net, i).take()
+    }
+
+    /// The inode of host `i`'s subnet.env, if it exists ([`Net::FIRST`]).
+    /// flanneld writes the file atomically (temp file + rename) once per
+    /// start, so a new inode means a (re)started flanneld is ready.
     pub fn env_inode(&self, i: usize) -> Option<u64> {
+        self.env_inode_on(Net::FIRST, i)
+    }
+
+    /// The inode of host `i`'s subnet file of `net`, if it exists.
+    pub fn env_inode_on(&self, net: Net, i: usize) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
-        fs::metadata(self.subnet_file(i)).ok().map(|m| m.ino())
+        fs::metadata(self.subnet_file_on(net, i))
+            .ok()
+            .map(|m| m.ino())
     }
 
     /// Waits until host `i`'s subnet.env exists with an inode other than
@@ -569,11 +836,25 @@ impl Cluster {
     /// Polls every millisecond, so the time until the call returns measures
     /// flanneld's start (the start-up benchmark relies on it).
     pub fn wait_env_within(&mut self, i: usize, old: Option<u64>, within: Duration) -> String {
+        self.wait_env_within_on(Net::FIRST, i, old, within)
+    }
+
+    /// [`Cluster::wait_env_rewritten_on`] with a time limit of `within`.
+    pub fn wait_env_within_on(
+        &mut self,
+        net: Net,
+        i: usize,
+        old: Option<u64>,
+        within: Duration,
+    ) -> String {
         use std::os::unix::fs::PermissionsExt;
         let start = Instant::now();
+        let label = self.network(net).label();
         loop {
-            let path = self.subnet_file(i);
-            if self.env_inode(i).is_some_and(|ino| Some(ino) != old)
+            let path = self.subnet_file_on(net, i);
+            if self
+                .env_inode_on(net, i)
+                .is_some_and(|ino| Some(ino) != old)
                 && let Ok(text) = fs::read_to_string(&path)
                 && !text.is_empty()
             {
@@ -581,21 +862,29 @@ impl Cluster {
                     .expect("subnet.env")
                     .permissions()
                     .mode();
-                assert_eq!(mode & 0o777, 0o644, "host {}: subnet.env mode", i + 1);
+                assert_eq!(
+                    mode & 0o777,
+                    0o644,
+                    "host {}: {} mode",
+                    i + 1,
+                    path.display()
+                );
                 return text;
             }
-            if let Some(status) = self.daemon(i).exited() {
+            if let Some(status) = self.daemon_on(net, i).exited() {
                 panic!(
-                    "host {}: flanneld exited ({status}) before writing subnet.env; log:\n{}",
+                    "host {}: flanneld of network {label} exited ({status}) before writing {}; log:\n{}",
                     i + 1,
-                    self.log(i)
+                    path.display(),
+                    self.log_on(net, i)
                 );
             }
             if start.elapsed() > within {
                 panic!(
-                    "host {}: no subnet.env after {within:?}; log:\n{}",
+                    "host {}: no {} after {within:?}; log:\n{}",
                     i + 1,
-                    self.log(i)
+                    path.display(),
+                    self.log_on(net, i)
                 );
             }
             thread::sleep(Duration::from_millis(1));
@@ -605,6 +894,18 @@ impl Cluster {
     /// Waits for host `i`'s subnet.env and returns its text.
     pub fn wait_env(&mut self, i: usize) -> String {
         self.wait_env_rewritten(i, None)
+    }
+
+    /// Waits until host `i`'s subnet file of `net` exists with an inode
+    /// other than `old` and returns its text, as
+    /// [`Cluster::wait_env_rewritten`] does for [`Net::FIRST`].
+    pub fn wait_env_rewritten_on(&mut self, net: Net, i: usize, old: Option<u64>) -> String {
+        self.wait_env_within_on(net, i, old, CONVERGE)
+    }
+
+    /// Waits for host `i`'s subnet file of `net` and returns its text.
+    pub fn wait_env_on(&mut self, net: Net, i: usize) -> String {
+        self.wait_env_rewritten_on(net, i, None)
     }
 
     /// `ip -n <host i> <args>`, panicking with the command on failure.
@@ -729,13 +1030,21 @@ impl Cluster {
         })
     }
 
-    /// All lease kvs under `<prefix>/subnets/`: key → (value, etcd lease id).
+    /// All lease kvs under `<prefix>/subnets/` of [`Net::FIRST`]: key →
+    /// (value, etcd lease id).
     pub fn etcd_leases(&self) -> BTreeMap<String, (String, i64)> {
-        self.with_etcd(async |client: etcd_client::Client| {
+        self.etcd_leases_on(Net::FIRST)
+    }
+
+    /// All lease kvs under `<prefix>/subnets/` of `net`: key → (value, etcd
+    /// lease id).
+    pub fn etcd_leases_on(&self, net: Net) -> BTreeMap<String, (String, i64)> {
+        let prefix = self.prefix(net).to_owned();
+        self.with_etcd(async move |client: etcd_client::Client| {
             let mut kv = client.kv_client();
             let resp = kv
                 .get(
-                    format!("{PREFIX}/subnets/"),
+                    format!("{prefix}/subnets/"),
                     Some(etcd_client::GetOptions::new().with_prefix()),
                 )
                 .await
@@ -919,11 +1228,17 @@ impl Drop for Cluster {
         };
         eprintln!("===== cluster {} {what}; diagnostics =====", self.name);
         for i in 0..self.len() {
-            eprintln!(
-                "----- host {} flanneld log -----\n{}",
-                i + 1,
-                self.log_tail(i, 80)
-            );
+            for net in self.networks() {
+                let label = match net {
+                    Net::FIRST if self.networks.len() == 1 => String::new(),
+                    _ => format!(" (network {})", self.network(net).label()),
+                };
+                eprintln!(
+                    "----- host {} flanneld log{label} -----\n{}",
+                    i + 1,
+                    self.log_tail_on(net, i, 80)
+                );
+            }
             for args in [
                 &["-d", "link", "show"][..],
                 &["addr", "show"][..],
@@ -944,11 +1259,65 @@ impl Drop for Cluster {
                 i + 1,
                 fdb.join("\n")
             );
+            for (table, chain) in [("nat", "FLANNEL-POSTRTG"), ("filter", "FLANNEL-FWD")] {
+                let out = self
+                    .host(i)
+                    .exec(&["iptables", "-t", table, "-S", chain])
+                    .unwrap_or_else(|e| e.to_string());
+                eprintln!(
+                    "----- host {}: iptables -t {table} -S {chain} -----\n{out}",
+                    i + 1
+                );
+            }
         }
         if let Store::Etcd(server) = &self.store {
             eprintln!("----- etcd log -----\n{}", server.log_tail(30));
         }
     }
+}
+
+/// The local store directory name of the network called `name`.
+fn local_store_name(name: &str) -> String {
+    if name.is_empty() {
+        "store".to_owned()
+    } else {
+        format!("store-{name}")
+    }
+}
+
+/// One HTTP/1.1 GET from inside `ns` (a flanneld health server, say):
+/// (status code, body), or the I/O error (connection refused when nothing
+/// listens). Each step times out after a few seconds.
+pub fn http_get(ns: &NetNs, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let path = path.to_owned();
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.set_write_timeout(Some(Duration::from_secs(3)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let bad = || std::io::Error::other(format!("malformed HTTP response: {out:?}"));
+        let (head, body) = out.split_once("\r\n\r\n").ok_or_else(bad)?;
+        let code = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(bad)?;
+        Ok((code, body.to_owned()))
+    })
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text
+/// exposition (flanneld's `/metrics`), if present.
+pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 fn tail(text: &str, n: usize) -> String {

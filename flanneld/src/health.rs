@@ -20,6 +20,7 @@
 use flannel_core::config::NetConfig;
 use flannel_core::lease::Lease;
 use flannel_subnet::runner::RunnerStatus;
+use flannel_traffic::RulesStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -148,6 +149,7 @@ struct State {
     subnets_total: Option<u128>,
     loops: Vec<LoopEntry>,
     gates: Vec<(String, bool)>,
+    rules: Option<Arc<RulesStatus>>,
 }
 
 /// What the endpoints report. Shared (`Arc`) between the daemon, its loops
@@ -172,6 +174,11 @@ pub struct Snapshot {
     pub live: bool,
     /// Subnets the network can hand out, once the config is known.
     pub subnets_total: Option<u128>,
+    /// Resyncs of the traffic rules that found this network's rules drifted
+    /// and rewrote them (zero before the rules are set up).
+    pub rule_rewrites: u64,
+    /// Resyncs of the traffic rules that failed.
+    pub rule_resync_failures: u64,
 }
 
 impl Health {
@@ -214,6 +221,12 @@ impl Health {
     /// The runner's status (normally `runner.status().clone()`).
     pub fn set_runner(&self, runner: Arc<dyn RunnerView>) {
         self.lock().view = Some(runner);
+    }
+
+    /// The traffic rules' status (normally `rules.status().clone()`):
+    /// `/metrics` exports its rewrite and failure counters.
+    pub fn set_rules_status(&self, status: Arc<RulesStatus>) {
+        self.lock().rules = Some(status);
     }
 
     /// Registers a loop for liveness: `progress` holds the Unix time in
@@ -306,12 +319,21 @@ impl Health {
     /// What `/metrics` exports, read now.
     pub fn snapshot(&self) -> Snapshot {
         let view = self.view();
+        let (subnets_total, rules) = {
+            let state = self.lock();
+            (state.subnets_total, state.rules.clone())
+        };
+        let rule_count = |f: fn(&RulesStatus) -> &AtomicU64| {
+            rules.as_deref().map_or(0, |r| f(r).load(Ordering::Relaxed))
+        };
         Snapshot {
             counters: view.as_ref().map(|v| v.counters()).unwrap_or_default(),
             lease: self.current_lease(view.as_ref()),
             ready: self.readiness().is_ok(),
             live: self.liveness().is_ok(),
-            subnets_total: self.lock().subnets_total,
+            subnets_total,
+            rule_rewrites: rule_count(|r| &r.rewrites),
+            rule_resync_failures: rule_count(|r| &r.failures),
         }
     }
 

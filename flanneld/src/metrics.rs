@@ -155,5 +155,15 @@ pub fn render(health: &Health) -> String {
         "Subnets leased: the remote leases known plus this node's.",
         Some(&used),
     );
+    out.counter(
+        "flannel_rule_rewrites_total",
+        "Packet-filter resyncs that found this network's masquerade or forward rules drifted and rewrote them (other networks' rules in the shared chains are not counted).",
+        s.rule_rewrites,
+    );
+    out.counter(
+        "flannel_rule_resync_failures_total",
+        "Packet-filter resyncs that failed.",
+        s.rule_resync_failures,
+    );
     out.0
 }

@@ -81,6 +81,7 @@ pub async fn start(
         Rules::new(plan, Some(netlink.clone()))
             .on_programmed(move |ok| gate.set_gate(RULES_GATE, ok)),
     );
+    health.set_rules_status(rules.status().clone());
     rules
         .setup()
         .await

@@ -5,6 +5,7 @@ use flannel_core::ip::Ip4Net;
 use flannel_core::key::SubnetKey;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_subnet::runner::RunnerStatus;
+use flannel_traffic::RulesStatus;
 use flanneld::health::{self, Health, RunnerCounters, RunnerView, mark_progress};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -310,6 +311,14 @@ fn metrics_exposition() {
     assert_eq!(m["flannel_subnets_used"], "0");
     assert!(!m.contains_key("flannel_subnets_total"));
     assert!(!m.contains_key("flannel_lease_expiry_timestamp_seconds"));
+    // No rules yet: the rule counters are announced as zero.
+    assert_eq!(m["flannel_rule_rewrites_total"], "0");
+    assert_eq!(m["flannel_rule_resync_failures_total"], "0");
+
+    let rules = Arc::new(RulesStatus::default());
+    h.set_rules_status(rules.clone());
+    rules.rewrites.store(6, Ordering::Relaxed);
+    rules.failures.store(2, Ordering::Relaxed);
 
     let cfg = NetConfig::parse(r#"{"Network": "10.5.0.0/16", "SubnetLen": 24}"#).unwrap();
     h.set_config(&cfg);
@@ -347,6 +356,8 @@ fn metrics_exposition() {
         ("flannel_subnets_total", "255"),
         ("flannel_subnets_used", "10"),
         ("flannel_ready", "0"),
+        ("flannel_rule_rewrites_total", "6"),
+        ("flannel_rule_resync_failures_total", "2"),
     ];
     for (name, value) in expect {
         assert_eq!(m.get(name).map(String::as_str), Some(value), "{name}");
