@@ -1,6 +1,5 @@
 //! The crate's error type.
 
-use std::fmt;
 use std::io;
 
 /// Errors from the netlink helpers. Every message names the object the
@@ -59,31 +58,12 @@ pub enum NetlinkError {
         /// The rejected input.
         input: String,
     },
-
-    /// Several independent operations failed (see
-    /// [`crate::Netlink::apply_routes`]); all of them are listed.
-    #[error("{} operations failed: {}", .0.len(), JoinErrors(.0))]
-    Multiple(Vec<NetlinkError>),
 }
 
 fn fmt_detail(detail: &Option<String>) -> String {
     match detail {
         Some(d) => format!(" ({d})"),
         None => String::new(),
-    }
-}
-
-struct JoinErrors<'a>(&'a [NetlinkError]);
-
-impl fmt::Display for JoinErrors<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
     }
 }
 

@@ -13,9 +13,12 @@
 //! [`Netlink::raw`].
 //!
 //! Also here:
-//! * [`reconcile_routes`] — the pure desired-vs-actual route diff shared by
-//!   the route-based backends (host-gw, ipip, vxlan DirectRouting), applied
-//!   with [`Netlink::apply_routes`];
+//! * [`NetOps`] — the operations backends use, as a trait, implemented by
+//!   [`Netlink`] and (feature `fake`) by the recording `fake::FakeNetlink`;
+//! * [`sets`] — routes, neighbours and FDB entries as object sets of the
+//!   desired-state [`Reconciler`](flannel_core::reconcile::Reconciler);
+//! * [`RouteNetwork`] — the generic network of route-per-lease backends;
+//! * [`iface`] — the external interface selection of flanneld;
 //! * [`watch_links`] — `ip monitor link` as a [`futures_core::Stream`].
 //!
 //! # No hidden tasks
@@ -104,7 +107,7 @@ pub use neigh::{FdbEntry, NeighInfo};
 pub use ops::{NetOps, SharedOps, ops_from_host};
 pub use route::{
     Family, RT_SCOPE_HOST, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTPROT_BOOT,
-    RTPROT_KERNEL, RTPROT_STATIC, Route, RouteKind, RoutePlan, reconcile_routes,
+    RTPROT_KERNEL, RTPROT_STATIC, Route, RouteKind,
 };
 pub use route_network::RouteNetwork;
 pub use sets::{FdbObject, FdbSet, Neighbour, NeighbourSet, RouteSet};

@@ -1,6 +1,5 @@
 //! Routes: replace/delete/list/get, and the shared route reconciler.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -341,58 +340,6 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
     Some(r)
 }
 
-/// What [`reconcile_routes`] decided.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RoutePlan {
-    /// Routes to `ip route replace` (desired and not yet satisfied).
-    pub replace: Vec<Route>,
-    /// Routes to `ip route del` (owned, and no desired route has their key).
-    pub delete: Vec<Route>,
-}
-
-impl RoutePlan {
-    /// Nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.replace.is_empty() && self.delete.is_empty()
-    }
-}
-
-/// The route diff shared by the route-based backends (host-gw, ipip, vxlan
-/// DirectRouting): pure, no I/O.
-///
-/// * `replace`: each desired route that no actual route
-///   [satisfies](Route::satisfies), in `desired` order; when several desired
-///   routes share a [key](Route::key) the first one wins.
-/// * `delete`: each actual route for which `owned` is true and whose key no
-///   desired route has, in `actual` order. Routes not owned are never
-///   deleted (but a desired route with the same key still replaces one).
-///
-/// `actual` is typically [`Netlink::routes`] of one family; `owned` is the
-/// backend's notion of "mine" (e.g. `proto boot` via a gateway inside the
-/// cluster network).
-pub fn reconcile_routes(
-    desired: &[Route],
-    actual: &[Route],
-    owned: impl Fn(&Route) -> bool,
-) -> RoutePlan {
-    let mut keys = HashSet::new();
-    let mut replace = Vec::new();
-    for d in desired {
-        if !keys.insert(d.key()) {
-            continue;
-        }
-        if !actual.iter().any(|a| a.satisfies(d)) {
-            replace.push(d.clone());
-        }
-    }
-    let delete = actual
-        .iter()
-        .filter(|a| owned(a) && !keys.contains(&a.key()))
-        .cloned()
-        .collect();
-    RoutePlan { replace, delete }
-}
-
 impl Netlink {
     async fn route_object(&self, route: &Route) -> String {
         let dev = match route.oif {
@@ -481,28 +428,6 @@ impl Netlink {
             })
             .collect())
     }
-
-    /// Applies a [`RoutePlan`]: every replace, then every delete. Keeps
-    /// going past failures; one failure is returned as itself, several as
-    /// [`NetlinkError::Multiple`] (in plan order).
-    pub async fn apply_routes(&self, plan: &RoutePlan) -> Result<(), NetlinkError> {
-        let mut errors = Vec::new();
-        for r in &plan.replace {
-            if let Err(e) = self.replace_route(r).await {
-                errors.push(e);
-            }
-        }
-        for r in &plan.delete {
-            if let Err(e) = self.del_route(r).await {
-                errors.push(e);
-            }
-        }
-        match errors.len() {
-            0 => Ok(()),
-            1 => Err(errors.remove(0)),
-            _ => Err(NetlinkError::Multiple(errors)),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -546,14 +471,28 @@ mod tests {
         );
     }
 
+    /// The reconciler's planner on routes: (routes to write — added or
+    /// changed —, routes to delete, desired routes blocked by a foreign one).
+    fn reconcile_routes(
+        desired: &[Route],
+        actual: &[Route],
+        owned: impl Fn(&Route) -> bool,
+    ) -> (Vec<Route>, Vec<Route>, Vec<Route>) {
+        let p = flannel_core::reconcile::plan(desired, actual, owned);
+        let mut write = p.add;
+        write.extend(p.change.into_iter().map(|(_, d)| d));
+        let blocked = p.blocked.into_iter().map(|(_, d)| d).collect();
+        (write, p.remove, blocked)
+    }
+
     #[test]
     fn nothing_to_do_when_in_sync() {
         let want = vec![
             hostgw("10.5.2.0", "192.168.100.2"),
             hostgw("10.5.3.0", "192.168.100.3"),
         ];
-        let plan = reconcile_routes(&want, &want, owned_by_hostgw);
-        assert!(plan.is_empty(), "{plan:?}");
+        let (write, delete, _) = reconcile_routes(&want, &want, owned_by_hostgw);
+        assert!(write.is_empty() && delete.is_empty());
     }
 
     #[test]
@@ -566,9 +505,9 @@ mod tests {
             hostgw("10.5.2.0", "192.168.100.2"),
             hostgw("10.5.9.0", "192.168.100.9"),
         ];
-        let plan = reconcile_routes(&want, &actual, owned_by_hostgw);
-        assert_eq!(plan.replace, vec![hostgw("10.5.3.0", "192.168.100.3")]);
-        assert_eq!(plan.delete, vec![hostgw("10.5.9.0", "192.168.100.9")]);
+        let (write, delete, _) = reconcile_routes(&want, &actual, owned_by_hostgw);
+        assert_eq!(write, vec![hostgw("10.5.3.0", "192.168.100.3")]);
+        assert_eq!(delete, vec![hostgw("10.5.9.0", "192.168.100.9")]);
     }
 
     #[test]
@@ -589,28 +528,28 @@ mod tests {
         };
         let stale = hostgw("10.5.9.0", "192.168.100.9");
         let actual = vec![kernel, static_route, default, stale.clone()];
-        let plan = reconcile_routes(&[], &actual, owned_by_hostgw);
-        assert!(plan.replace.is_empty());
-        assert_eq!(plan.delete, vec![stale]);
+        let (write, delete, _) = reconcile_routes(&[], &actual, owned_by_hostgw);
+        assert!(write.is_empty());
+        assert_eq!(delete, vec![stale]);
     }
 
     #[test]
     fn changed_gateway_is_replaced_not_deleted() {
         let want = vec![hostgw("10.5.2.0", "192.168.100.22")];
         let actual = vec![hostgw("10.5.2.0", "192.168.100.2")];
-        let plan = reconcile_routes(&want, &actual, owned_by_hostgw);
-        assert_eq!(plan.replace, want);
-        assert!(plan.delete.is_empty(), "same key: replace overwrites it");
+        let (write, delete, _) = reconcile_routes(&want, &actual, owned_by_hostgw);
+        assert_eq!(write, want);
+        assert!(delete.is_empty(), "same key: replace overwrites it");
     }
 
     #[test]
-    fn unowned_route_in_the_way_is_replaced() {
+    fn unowned_route_in_the_way_is_left_alone() {
         let want = vec![hostgw("10.5.2.0", "192.168.100.2")];
         let mut foreign = hostgw("10.5.2.0", "192.168.100.2");
         foreign.protocol = RTPROT_STATIC;
-        let plan = reconcile_routes(&want, &[foreign], owned_by_hostgw);
-        assert_eq!(plan.replace, want);
-        assert!(plan.delete.is_empty());
+        let (write, delete, blocked) = reconcile_routes(&want, &[foreign], owned_by_hostgw);
+        assert!(write.is_empty() && delete.is_empty());
+        assert_eq!(blocked, want);
     }
 
     #[test]
@@ -624,8 +563,8 @@ mod tests {
         got.prefsrc = Some(ip("192.168.100.1"));
         assert!(got.satisfies(&want));
         assert!(!want.satisfies(&got));
-        let plan = reconcile_routes(&[want], &[got], |_| true);
-        assert!(plan.is_empty(), "{plan:?}");
+        let (write, delete, _) = reconcile_routes(&[want], &[got], |_| true);
+        assert!(write.is_empty() && delete.is_empty());
     }
 
     #[test]
@@ -644,19 +583,20 @@ mod tests {
         ] {
             let mut got = want.clone();
             change(&mut got);
-            let plan = reconcile_routes(std::slice::from_ref(&want), &[got.clone()], |_| true);
-            assert_eq!(plan.replace, vec![want.clone()], "{got:?}");
+            let (write, delete, _) =
+                reconcile_routes(std::slice::from_ref(&want), &[got.clone()], |_| true);
+            assert_eq!(write, vec![want.clone()], "{got:?}");
             let delete_expected = got.table != want.table;
-            assert_eq!(!plan.delete.is_empty(), delete_expected, "{got:?}");
+            assert_eq!(!delete.is_empty(), delete_expected, "{got:?}");
         }
     }
 
     #[test]
-    fn duplicate_desired_keys_first_wins() {
+    fn duplicate_desired_keys_last_wins() {
         let a = hostgw("10.5.2.0", "192.168.100.2");
         let b = hostgw("10.5.2.0", "192.168.100.3");
-        let plan = reconcile_routes(&[a.clone(), b], &[], |_| true);
-        assert_eq!(plan.replace, vec![a]);
+        let (write, _, _) = reconcile_routes(&[a, b.clone()], &[], |_| true);
+        assert_eq!(write, vec![b]);
     }
 
     #[test]
@@ -665,13 +605,13 @@ mod tests {
         let mut v6 = Route::unicast(ip("fd00:5:2::"), 64);
         v6.gateway = Some(ip("fd00:100::2"));
         v6.oif = Some(2);
-        let plan = reconcile_routes(
+        let (write, delete, _) = reconcile_routes(
             std::slice::from_ref(&v6),
             std::slice::from_ref(&v4),
             owned_by_hostgw,
         );
-        assert_eq!(plan.replace, vec![v6]);
-        assert_eq!(plan.delete, vec![v4]);
+        assert_eq!(write, vec![v6]);
+        assert_eq!(delete, vec![v4]);
     }
 
     #[test]

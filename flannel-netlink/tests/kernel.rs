@@ -7,9 +7,10 @@ use std::future::Future;
 use std::net::{IpAddr, UdpSocket};
 use std::time::Duration;
 
+use flannel_core::reconcile::Reconciler;
 use flannel_netlink::{
-    Family, LinkEvent, Mac, Netlink, NetlinkError, RT_TABLE_MAIN, RTPROT_BOOT, Route, RouteKind,
-    RoutePlan, VxlanSpec, format_mac, parse_mac, reconcile_routes, watch_links,
+    Family, LinkEvent, Mac, Netlink, RT_TABLE_MAIN, RTPROT_BOOT, Route, RouteKind, RouteSet,
+    SharedOps, VxlanSpec, format_mac, parse_mac, watch_links,
 };
 use flannel_testutil::netns::{NetNs, Topology, veth_pair};
 use futures_util::StreamExt;
@@ -473,7 +474,10 @@ fn ipv6_vxlan_device_neighbour_and_route() {
             shown.trim(),
             "fd00:5:3::/64 via fd00:5:3:: dev flannel-v6.1 metric 1024 onlink pref medium"
         );
-        assert!(reconcile_routes(std::slice::from_ref(&route), &routes, |_| false).is_empty());
+        assert!(
+            routes.iter().any(|r| r.satisfies(&route)),
+            "the kernel's listing satisfies the route as programmed"
+        );
 
         // The kernel disables IPv6 on links with MTU < 1280, and then
         // refuses NDP entries; the error names the neighbour and device.
@@ -637,7 +641,7 @@ fn hostgw_route_blackhole_and_route_get() {
 }
 
 #[test]
-fn reconcile_and_apply_routes() {
+fn route_set_reconciles_the_kernel() {
     let ns = &host("apply");
     with_netlink(ns, |nl| async move {
         let eth0 = index_of(&nl, "eth0").await;
@@ -647,94 +651,81 @@ fn reconcile_and_apply_routes() {
             r.oif = Some(eth0);
             r
         };
-        let owned =
-            |r: &Route| r.protocol == RTPROT_BOOT && r.oif == Some(eth0) && r.gateway.is_some();
-        // A foreign route in the cluster range that must survive.
-        // (`ip route add` defaults to proto boot too, so the foreign route
-        // says `proto static` to be told apart by this `owned`.)
-        ns.ip(&[
-            "route",
-            "add",
-            "10.5.200.0/24",
-            "via",
-            "192.168.100.254",
-            "dev",
-            "eth0",
-            "proto",
-            "static",
-        ])
-        .unwrap();
+        let ops: SharedOps = std::sync::Arc::new(nl.clone());
+        let set = RouteSet::new(
+            ops,
+            vec![Family::V4],
+            std::sync::Arc::new(move |r: &Route| {
+                r.protocol == RTPROT_BOOT && r.oif == Some(eth0) && r.gateway.is_some()
+            }),
+        );
+        let mut routes = Reconciler::new();
+        // Foreign routes in the cluster range that must survive: one beside
+        // ours, one where a desired route would go. (`ip route add`
+        // defaults to proto boot too, so they say `proto static`.)
+        for (dst, via) in [
+            ("10.5.200.0/24", "192.168.100.254"),
+            ("10.5.6.0/24", "192.168.100.66"),
+        ] {
+            ns.ip(&[
+                "route", "add", dst, "via", via, "dev", "eth0", "proto", "static",
+            ])
+            .unwrap();
+        }
 
         let want = vec![
             hostgw("10.5.2.0", "192.168.100.2"),
             hostgw("10.5.3.0", "192.168.100.3"),
+            hostgw("10.5.6.0", "192.168.100.6"),
         ];
-        let actual = nl.routes(Family::V4).await.unwrap();
-        let plan = reconcile_routes(&want, &actual, owned);
-        assert_eq!(plan.replace, want);
-        assert!(plan.delete.is_empty());
-        nl.apply_routes(&plan).await.unwrap();
-        let actual = nl.routes(Family::V4).await.unwrap();
+        let r = routes.resync(&set, &want).await.unwrap();
+        assert_eq!((r.added, r.changed, r.removed), (2, 0, 0), "{r:?}");
+        assert_eq!(r.newly_blocked.len(), 1, "{r:?}");
+        let r = routes.resync(&set, &want).await.unwrap();
         assert!(
-            reconcile_routes(&want, &actual, owned).is_empty(),
-            "converged"
+            r.is_empty() && r.newly_blocked.is_empty(),
+            "converged: {r:?}"
         );
 
-        // Lease 10.5.3.0 goes away, 10.5.4.0 arrives, 10.5.2.0 moves.
+        // Lease 10.5.3.0 goes away, 10.5.4.0 arrives, 10.5.2.0 moves: an
+        // event batch, applied without listing.
         let want = vec![
             hostgw("10.5.2.0", "192.168.100.22"),
             hostgw("10.5.4.0", "192.168.100.4"),
         ];
-        let plan = reconcile_routes(&want, &actual, owned);
-        assert_eq!(plan.replace, want);
-        assert_eq!(plan.delete, vec![hostgw("10.5.3.0", "192.168.100.3")]);
-        nl.apply_routes(&plan).await.unwrap();
+        let r = routes.update(&set, &want).await.unwrap();
+        assert_eq!((r.added, r.changed, r.removed), (1, 1, 1), "{r:?}");
         let shown = ns.ip(&["route", "show"]).unwrap();
-        assert!(
-            shown.contains("10.5.2.0/24 via 192.168.100.22 dev eth0"),
-            "{shown}"
-        );
-        assert!(
-            shown.contains("10.5.4.0/24 via 192.168.100.4 dev eth0"),
-            "{shown}"
-        );
+        for line in [
+            "10.5.2.0/24 via 192.168.100.22 dev eth0",
+            "10.5.4.0/24 via 192.168.100.4 dev eth0",
+            "10.5.200.0/24 via 192.168.100.254 dev eth0",
+            "10.5.6.0/24 via 192.168.100.66 dev eth0",
+        ] {
+            assert!(shown.contains(line), "{line} in {shown}");
+        }
         assert!(!shown.contains("10.5.3.0"), "{shown}");
-        assert!(
-            shown.contains("10.5.200.0/24 via 192.168.100.254 dev eth0"),
-            "not owned: {shown}"
-        );
-        let actual = nl.routes(Family::V4).await.unwrap();
-        assert!(reconcile_routes(&want, &actual, owned).is_empty());
+
+        // An admin deletes one of ours: the resync restores it.
+        ns.ip(&["route", "del", "10.5.4.0/24"]).unwrap();
+        let r = routes.resync(&set, &want).await.unwrap();
+        assert_eq!(r.added, 1, "{r:?}");
 
         // Failures do not stop the rest, and all are reported.
-        let mut unreachable = hostgw("10.5.7.0", "10.99.0.7");
-        unreachable.oif = Some(eth0);
-        let plan = RoutePlan {
-            replace: vec![
-                unreachable.clone(),
-                hostgw("10.5.5.0", "192.168.100.5"),
-                hostgw("10.5.8.0", "10.99.0.8"),
-            ],
-            delete: vec![hostgw("10.5.4.0", "192.168.100.4")],
-        };
-        let err = nl.apply_routes(&plan).await.unwrap_err();
-        match &err {
-            NetlinkError::Multiple(all) => assert_eq!(all.len(), 2, "{err}"),
-            other => panic!("expected Multiple, got {other}"),
-        }
+        let mut want = want;
+        want.extend([
+            hostgw("10.5.7.0", "10.99.0.7"),
+            hostgw("10.5.5.0", "192.168.100.5"),
+            hostgw("10.5.8.0", "10.99.0.8"),
+        ]);
+        let err = routes.update(&set, &want).await.unwrap_err();
+        let text = err.to_string();
         assert!(
-            err.to_string()
-                .contains("route 10.5.7.0/24 via 10.99.0.7 dev eth0: "),
-            "{err}"
-        );
-        assert!(
-            err.to_string()
-                .contains("route 10.5.8.0/24 via 10.99.0.8 dev eth0: "),
-            "{err}"
+            text.starts_with("2 errors, first: route 10.5.7.0/24 via 10.99.0.7"),
+            "{text}"
         );
         let shown = ns.ip(&["route", "show"]).unwrap();
         assert!(shown.contains("10.5.5.0/24 via 192.168.100.5"), "{shown}");
-        assert!(!shown.contains("10.5.4.0"), "{shown}");
     });
 }
 
