@@ -2,36 +2,13 @@
 //! kernel inside a private network namespace. Needs root (as the CI runs
 //! it); without root the namespace helper fails with an error saying so.
 
-use std::future::Future;
+mod common;
+use common::with_netlink;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use flannel_core::config::Stack;
-use flannel_netlink::Netlink;
 use flannel_netlink::iface::{IfaceError, IfaceSelection, select};
 use flannel_testutil::netns::{NetNs, veth_pair};
-
-/// Runs `f` with a connected [`Netlink`] on a current-thread runtime inside
-/// `ns`.
-fn with_netlink<F, Fut>(ns: &NetNs, f: F)
-where
-    F: FnOnce(Netlink) -> Fut + Send,
-    Fut: Future<Output = ()>,
-{
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (nl, conn) = Netlink::connect().unwrap();
-            tokio::spawn(conn);
-            tokio::time::timeout(Duration::from_secs(60), f(nl))
-                .await
-                .expect("test body timed out");
-        })
-    })
-}
 
 /// A namespace "host" with two uplinks:
 /// * `eth0` (veth to `peer0`, MTU 1500): `192.168.100.1/24`,

@@ -3,7 +3,8 @@
 //! `ip`/`bridge` commands. Needs root (as the CI runs it); without root the
 //! namespace helper fails with an error saying so.
 
-use std::future::Future;
+mod common;
+use common::with_netlink;
 use std::net::{IpAddr, UdpSocket};
 use std::time::Duration;
 
@@ -23,28 +24,6 @@ fn ip(s: &str) -> IpAddr {
 
 fn mac() -> Mac {
     parse_mac(MAC).unwrap()
-}
-
-/// Runs `f` with a connected [`Netlink`] on a current-thread runtime inside
-/// `ns`.
-fn with_netlink<F, Fut>(ns: &NetNs, f: F)
-where
-    F: FnOnce(Netlink) -> Fut + Send,
-    Fut: Future<Output = ()>,
-{
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (nl, conn) = Netlink::connect().unwrap();
-            tokio::spawn(conn);
-            tokio::time::timeout(Duration::from_secs(60), f(nl))
-                .await
-                .expect("test body timed out");
-        })
-    })
 }
 
 /// A namespace "host": `eth0` (veth to `peer0`, both up) with
