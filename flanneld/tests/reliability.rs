@@ -10,15 +10,14 @@
 //! (`--nocapture` shows the measured figures).
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, env_value, link_mac, ping, v4_subnet, wait_until,
+    Backing, CONVERGE, Cluster, env_value, http_get, link_mac, ping, v4_subnet, wait_until,
 };
 use flannel_testutil::netns::NetNs;
 
@@ -38,31 +37,6 @@ fn healthz_flags(c: &Cluster, i: usize) -> [String; 2] {
         format!("--healthz-port={HEALTHZ_PORT}"),
         format!("--healthz-ip={}", c.host_ip(i)),
     ]
-}
-
-/// One HTTP/1.1 GET from inside `ns`: (status code, body), or the I/O error
-/// (connection refused when nothing listens).
-fn http_get(ns: &NetNs, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let path = path.to_owned();
-    ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.set_write_timeout(Some(Duration::from_secs(3)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        let bad = || std::io::Error::other(format!("malformed HTTP response: {out:?}"));
-        let (head, body) = out.split_once("\r\n\r\n").ok_or_else(bad)?;
-        let code = head
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|r| r.get(..3))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(bad)?;
-        Ok((code, body.to_owned()))
-    })
 }
 
 /// GET `path` on host `i`'s health server.
