@@ -6,13 +6,12 @@
 //! neither rewrites the other's, and removing one network's rules leaves
 //! the other's. Needs root, iproute2, iptables and nft.
 
-use std::future::Future;
-use std::process::Command;
+mod common;
+use common::{in_netns, sh};
 use std::sync::Arc;
 use std::time::Duration;
 
 use flannel_core::ip::Ip4Net;
-use flannel_testutil::netns::NetNs;
 use flannel_traffic::{
     IpFamily, Iptables, Nftables, Previous, Rules, RulesOptions, RulesPlan, TrafficManager,
     iptables,
@@ -25,34 +24,6 @@ const SB: &str = "10.12.5.0/24";
 
 fn net(s: &str) -> Ip4Net {
     s.parse().unwrap()
-}
-
-fn in_netns<F, Fut>(hint: &str, f: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = ()>,
-{
-    let ns = NetNs::new(hint).expect("create a network namespace (needs root)");
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(f());
-    });
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `iptables -t <table> -S <chain>` as lines (`-A` lines only).

@@ -9,12 +9,12 @@
 //! Golden texts are Go flannel's (`e2e/rules.go`), except nftables rule 4
 //! (ours: `ip saddr != N ip daddr S return`, see DESIGN.md).
 
-use std::future::Future;
+mod common;
+use common::{in_netns, sh};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flannel_core::ip::{Ip4Net, Ip6Net};
-use flannel_testutil::netns::NetNs;
 use flannel_traffic::{
     Blackhole, Iptables, Nftables, Previous, Rules, RulesOptions, RulesPlan, TrafficManager,
     ensure_blackhole,
@@ -36,38 +36,6 @@ fn n6() -> Ip6Net {
 }
 fn s6() -> Ip6Net {
     S6.parse().unwrap()
-}
-
-/// Runs `f` on a thread inside a fresh namespace with a current-thread
-/// tokio runtime.
-fn in_netns<F, Fut>(hint: &str, f: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = ()>,
-{
-    let ns = NetNs::new(hint).expect("create a network namespace (needs root)");
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(f());
-    });
-}
-
-/// Runs a command (in the calling thread's namespace) and returns stdout;
-/// panics with stderr on failure.
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Like [`sh`] but returns whether it succeeded.
