@@ -18,7 +18,7 @@ pub fn create(backend_type: &str) -> Result<Box<dyn Backend>> {
         t if BACKEND_TYPES.contains(&t) => bail!(
             "backend type {t} is not built into this flanneld (built in: {}){}",
             built_in().join(", "),
-            if FEATURES.contains(&t) {
+            if FEATURES.iter().any(|(f, _)| *f == t) {
                 format!("; rebuild with `cargo build -p flanneld --features {t}`")
             } else {
                 format!("; this release of flannel-rs has no {t} backend yet")
@@ -28,20 +28,48 @@ pub fn create(backend_type: &str) -> Result<Box<dyn Backend>> {
     }
 }
 
-/// The backend types that exist as Cargo features of this crate.
-const FEATURES: &[&str] = &["vxlan", "host-gw", "alloc"];
+/// Every backend type that exists as a Cargo feature of this crate, and
+/// whether this build has it.
+const FEATURES: &[(&str, bool)] = &[
+    ("vxlan", cfg!(feature = "vxlan")),
+    ("host-gw", cfg!(feature = "host-gw")),
+    ("alloc", cfg!(feature = "alloc")),
+];
 
 /// The backend types compiled into this binary.
 pub fn built_in() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if cfg!(feature = "vxlan") {
-        v.push("vxlan");
+    FEATURES
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(t: &str) -> String {
+        match create(t) {
+            Ok(_) => panic!("{t} should not be available"),
+            Err(e) => e.to_string(),
+        }
     }
-    if cfg!(feature = "host-gw") {
-        v.push("host-gw");
+
+    #[test]
+    fn unknown_and_missing_types_are_different_errors() {
+        assert_eq!(
+            error("carrier-pigeon"),
+            "unknown backend type: carrier-pigeon"
+        );
+        let udp = error("udp");
+        assert!(
+            udp.starts_with("backend type udp is not built into this flanneld (built in: ")
+                && udp.ends_with("; this release of flannel-rs has no udp backend yet"),
+            "{udp}"
+        );
+        for t in built_in() {
+            assert_eq!(create(t).unwrap().backend_type(), t);
+        }
     }
-    if cfg!(feature = "alloc") {
-        v.push("alloc");
-    }
-    v
 }
