@@ -731,3 +731,100 @@ fn restart_keeps_datapath_and_identity() {
         t0.elapsed()
     );
 }
+
+/// Our lease is deleted while flanneld is paused and another node takes its
+/// subnet: on resuming, flanneld re-acquires another subnet and the traffic
+/// rules, the blackhole route and subnet.env follow the move at run time
+/// (host-gw, whose routes do not depend on our own subnet).
+#[test]
+fn a_moved_lease_moves_rules_blackhole_and_subnet_env() {
+    let mut c = Cluster::new(
+        FLANNELD,
+        "mv",
+        2,
+        false,
+        Backing::Etcd,
+        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#,
+    );
+    let flags = ["--ip-masq", "--ip-blackhole-route", "--iptables-resync=1"];
+    c.start(0, &flags);
+    c.start(1, &[]);
+    let env = c.wait_env(0);
+    c.wait_env(1);
+    let old = env_value(&env, "FLANNEL_SUBNET")
+        .expect("FLANNEL_SUBNET")
+        .to_string();
+    let (old_net, _) = v4_subnet(&old);
+    let old_cidr = format!("{old_net}/24");
+    let masq = |c: &Cluster| c.exec(0, &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
+    wait_until(CONVERGE, || {
+        let m = masq(&c);
+        m.contains(&format!("-s {old_cidr} -d 10.244.0.0/16"))
+            .then_some(())
+            .ok_or(m)
+    })
+    .expect("masquerade rules for the first subnet");
+    let inode = c.env_inode(0);
+
+    // Paused, its lease deleted and the subnet taken by a "Go node".
+    let pid = c.daemon(0).pid().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill(1)")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let key = format!("{PREFIX}/subnets/{old_net}-24");
+    c.etcd_delete(&key);
+    c.etcd_put_with_lease(
+        &key,
+        r#"{"PublicIP":"192.168.100.9","PublicIPv6":null,"BackendType":"host-gw"}"#,
+        3600,
+    );
+    signal("-CONT");
+
+    let env = c.wait_env_rewritten(0, inode);
+    let new = env_value(&env, "FLANNEL_SUBNET")
+        .expect("FLANNEL_SUBNET")
+        .to_string();
+    assert_ne!(new, old, "a new subnet after the move");
+    let (new_net, _) = v4_subnet(&new);
+    let new_cidr = format!("{new_net}/24");
+    assert!(
+        c.log(0).contains(&format!(
+            "our lease moved from {old_net}-24 to {new_net}-24"
+        )),
+        "{}",
+        c.log_tail(0, 30)
+    );
+    // Go's rule text for the new subnet, none left for the old one.
+    let m = wait_until(CONVERGE, || {
+        let m = masq(&c);
+        (m.contains(&format!("-s {new_cidr} -d 10.244.0.0/16")) && !m.contains(&old_cidr))
+            .then_some(m.clone())
+            .ok_or(m)
+    })
+    .unwrap_or_else(|m| panic!("rules did not follow the lease: {m}"))
+    .0;
+    assert_eq!(
+        m.matches("-A FLANNEL-POSTRTG").count(),
+        6,
+        "one network's six rules: {m}"
+    );
+    // The blackhole route moved too.
+    let routes = c.ip(0, &["route", "show", "type", "blackhole"]);
+    assert!(
+        routes.contains(&new_cidr) && !routes.contains(&old_cidr),
+        "{routes}"
+    );
+    // The peer routes to the new subnet.
+    let want = format!("{new_cidr} via {} dev eth0", c.host_ip(0));
+    wait_until(CONVERGE, || match c.route_to(1, &new_cidr) {
+        Some(r) if r == want => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .expect("host 2 routes to host 1's new subnet");
+}
