@@ -617,12 +617,21 @@ impl Runner {
                             info!("re-acquired lease {}", new.key());
                             reacquire_at = None;
                             reacquire_delay = opts.backoff.min;
+                            let moved = new.key() != own;
                             own = new.key();
                             watcher.set_own(Some(own));
                             lease = new;
                             self.status.set_lease(&lease);
                             network.lease_changed(&lease).await?;
                             renew_at = renew_deadline(&lease, opts.renew_margin);
+                            if moved {
+                                // What now holds our old subnet was filtered out
+                                // as ours: re-list so it becomes a peer.
+                                match self.open_watch(&mut log, &mut shutdown).await {
+                                    Some(s) => stream = s,
+                                    None => break,
+                                }
+                            }
                         }
                         Err(e) => {
                             log.error("re-acquiring our lease", &e);

@@ -827,4 +827,11 @@ fn a_moved_lease_moves_rules_blackhole_and_subnet_env() {
         other => Err(format!("{other:?}")),
     })
     .expect("host 2 routes to host 1's new subnet");
+    // The node that took the old subnet is a peer now.
+    let want = format!("{old_cidr} via 192.168.100.9 dev eth0");
+    wait_until(CONVERGE, || match c.route_to(0, &old_cidr) {
+        Some(r) if r == want => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .expect("host 1 routes its old subnet to the node that took it");
 }
