@@ -18,9 +18,10 @@ cd "$(dirname "$0")/.."
 # libprotobuf-dev: etcd-client's build; containernetworking-plugins: the real
 # bridge/host-local CNI plugins; iproute2/iputils-ping/iptables/nftables:
 # datapath and end-to-end tests;
-# curl: TLS checks against etcd.
+# curl: TLS checks against etcd; procps: kill(1), which tests use to signal
+# the daemons they started.
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
-          iproute2 iputils-ping iptables nftables curl ca-certificates)
+          iproute2 iputils-ping iptables nftables curl ca-certificates procps)
 ensure_packages "${PACKAGES[@]}"
 
 step() { echo; echo "==> $*"; }
