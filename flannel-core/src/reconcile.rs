@@ -169,6 +169,22 @@ pub struct SyncReport {
     pub newly_blocked: Vec<String>,
 }
 
+/// `2 added, 1 changed, 0 removed` (and the newly blocked count, if any),
+/// for logs.
+impl std::fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} added, {} changed, {} removed",
+            self.added, self.changed, self.removed
+        )?;
+        if !self.newly_blocked.is_empty() {
+            write!(f, ", {} blocked", self.newly_blocked.len())?;
+        }
+        Ok(())
+    }
+}
+
 impl SyncReport {
     /// Whether the pass changed anything.
     pub fn is_empty(&self) -> bool {

@@ -215,7 +215,7 @@ impl Network for RouteNetwork {
         }
         let desired = self.desired(leases);
         let report = self.reconciler.update(&self.set, &desired).await?;
-        debug!("{} events applied: {report:?}", self.backend);
+        debug!("{} events applied: {report}", self.backend);
         Ok(())
     }
 

@@ -459,10 +459,10 @@ async fn handle(mut sock: TcpStream, health: &Health) -> std::io::Result<()> {
 
 /// Serves forever; the caller spawns it (and aborts the task to stop it).
 pub async fn serve(listener: TcpListener, health: Arc<Health>) {
-    info!(
-        "health server listening on {:?}",
-        listener.local_addr().ok()
-    );
+    match listener.local_addr() {
+        Ok(addr) => info!("health server listening on {addr}"),
+        Err(e) => info!("health server listening (local address unknown: {e})"),
+    }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
