@@ -103,6 +103,19 @@ pub enum ConfigError {
     /// `IPv6SubnetMax` not aligned to `IPv6SubnetLen`.
     #[error("IPv6SubnetMax is not on a SubnetLen boundary: {}", GoIp(*.0))]
     Ipv6SubnetMaxUnaligned(Ipv6Addr),
+    /// `SubnetMin` above `SubnetMax` (after the defaults): no subnet can be
+    /// handed out. Ours; Go accepts it and fails at allocation with "out of
+    /// subnets".
+    #[error("SubnetMin is above SubnetMax: {0} > {1}, no subnet can be allocated")]
+    SubnetMinAboveMax(Ipv4Addr, Ipv4Addr),
+    /// `IPv6SubnetMin` above `IPv6SubnetMax` (ours, like
+    /// [`ConfigError::SubnetMinAboveMax`]).
+    #[error(
+        "IPv6SubnetMin is above IPv6SubnetMax: {} > {}, no subnet can be allocated",
+        GoIp(*.0),
+        GoIp(*.1)
+    )]
+    Ipv6SubnetMinAboveMax(Ipv6Addr, Ipv6Addr),
     /// Both `EnableIPv4` and `EnableIPv6` are false.
     #[error("none defined stack")]
     NoStack,
@@ -414,6 +427,7 @@ enum FamilyError {
     MaxOutOfRange,
     MinUnaligned(u128),
     MaxUnaligned(u128),
+    MinAboveMax(u128, u128),
 }
 
 impl FamilyError {
@@ -424,6 +438,9 @@ impl FamilyError {
             FamilyError::MaxOutOfRange => ConfigError::SubnetMaxOutOfRange,
             FamilyError::MinUnaligned(a) => ConfigError::SubnetMinUnaligned(Ipv4Addr::from_u128(a)),
             FamilyError::MaxUnaligned(a) => ConfigError::SubnetMaxUnaligned(Ipv4Addr::from_u128(a)),
+            FamilyError::MinAboveMax(a, b) => {
+                ConfigError::SubnetMinAboveMax(Ipv4Addr::from_u128(a), Ipv4Addr::from_u128(b))
+            }
         }
     }
     fn into_v6(self) -> ConfigError {
@@ -436,6 +453,9 @@ impl FamilyError {
             }
             FamilyError::MaxUnaligned(a) => {
                 ConfigError::Ipv6SubnetMaxUnaligned(Ipv6Addr::from_u128(a))
+            }
+            FamilyError::MinAboveMax(a, b) => {
+                ConfigError::Ipv6SubnetMinAboveMax(Ipv6Addr::from_u128(a), Ipv6Addr::from_u128(b))
             }
         }
     }
@@ -490,6 +510,11 @@ fn check_family<F: Family>(
     }
     if max.to_u128() & sub_mask != max.to_u128() {
         return Err(FamilyError::MaxUnaligned(max.to_u128()));
+    }
+    // Go stops here and later deletes nothing but fails every allocation
+    // with "out of subnets"; an empty range is a configuration error.
+    if min.to_u128() > max.to_u128() {
+        return Err(FamilyError::MinAboveMax(min.to_u128(), max.to_u128()));
     }
     Ok((u32::from(len), min, max))
 }

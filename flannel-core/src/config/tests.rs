@@ -80,8 +80,44 @@ fn explicit_bounds_and_len() {
     // SubnetMin of 0.0.0.0 counts as unset, as in Go.
     let c = checked(r#"{"Network": "10.3.0.0/16", "SubnetMin": "0.0.0.0"}"#);
     assert_eq!(c.subnet_min, Some(v4("10.3.1.0")));
-    // Min above max is accepted (Go fails later with "out of subnets").
-    checked(r#"{"Network": "10.3.0.0/16", "SubnetMin": "10.3.9.0", "SubnetMax": "10.3.2.0"}"#);
+    // Min equal to max: exactly one subnet.
+    let c =
+        checked(r#"{"Network": "10.3.0.0/16", "SubnetMin": "10.3.9.0", "SubnetMax": "10.3.9.0"}"#);
+    assert_eq!(
+        (c.subnet_min, c.subnet_max),
+        (Some(v4("10.3.9.0")), Some(v4("10.3.9.0")))
+    );
+}
+
+#[test]
+fn empty_ranges_are_rejected() {
+    // Go accepts these and then fails every allocation with "out of
+    // subnets" (ours: a configuration error naming both bounds).
+    assert_eq!(
+        check_err(
+            r#"{"Network": "10.3.0.0/16", "SubnetMin": "10.3.9.0", "SubnetMax": "10.3.2.0"}"#
+        ),
+        "SubnetMin is above SubnetMax: 10.3.9.0 > 10.3.2.0, no subnet can be allocated"
+    );
+    // Against a default bound: SubnetMax below the default SubnetMin (the
+    // second subnet).
+    assert_eq!(
+        check_err(r#"{"Network": "10.3.0.0/16", "SubnetMax": "10.3.0.0"}"#),
+        "SubnetMin is above SubnetMax: 10.3.1.0 > 10.3.0.0, no subnet can be allocated"
+    );
+    assert_eq!(
+        check_err(
+            r#"{"Network": "10.3.0.0/16", "SubnetMin": "10.3.255.0", "SubnetMax": "10.3.254.0"}"#
+        ),
+        "SubnetMin is above SubnetMax: 10.3.255.0 > 10.3.254.0, no subnet can be allocated"
+    );
+    assert_eq!(
+        check_err(
+            r#"{"Network": "10.3.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56",
+                "IPv6SubnetMin": "fd00:0:0:9::", "IPv6SubnetMax": "fd00:0:0:2::"}"#
+        ),
+        "IPv6SubnetMin is above IPv6SubnetMax: fd00:0:0:9:: > fd00:0:0:2::, no subnet can be allocated"
+    );
 }
 
 #[test]
