@@ -10,6 +10,7 @@ use flannel_core::backend::{
     BackendError, Network, RegisterContext, ResyncTrigger, follow_renewal,
 };
 use flannel_core::event::{EventKind, LeaseEvent};
+use flannel_core::key::SubnetKey;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::reconcile::{Object, ObjectSet, Reconciler, SyncReport};
 use flannel_netlink::sets::{FdbObject, FdbSet, Neighbour, NeighbourSet, RouteSet};
@@ -51,6 +52,40 @@ type Tally = [SyncReport; 3];
 fn per_kind(t: &Tally, f: impl Fn(&SyncReport) -> usize) -> Option<String> {
     let n = t.each_ref().map(f);
     (n != [0; 3]).then(|| format!("{} neighbours, {} fdb entries, {} routes", n[0], n[1], n[2]))
+}
+
+/// What a resync of device `dev` changed, in words, or `None` when it
+/// changed nothing: `flannel.1 resync: added 1 route; corrected 1
+/// neighbour; removed 1 fdb entry`. Each object is counted once, under
+/// what was done to it (an FDB entry whose destination moved is one entry
+/// removed and one added: its key is the whole entry).
+fn resync_summary(dev: &str, t: &Tally) -> Option<String> {
+    fn kinds(t: &Tally, f: impl Fn(&SyncReport) -> usize) -> Option<String> {
+        let names = [
+            ("neighbour", "neighbours"),
+            ("fdb entry", "fdb entries"),
+            ("route", "routes"),
+        ];
+        let parts: Vec<String> = t
+            .iter()
+            .zip(names)
+            .filter_map(|(r, (one, many))| match f(r) {
+                0 => None,
+                1 => Some(format!("1 {one}")),
+                n => Some(format!("{n} {many}")),
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+    let done: Vec<String> = [
+        ("added", kinds(t, |r| r.added)),
+        ("corrected", kinds(t, |r| r.changed)),
+        ("removed", kinds(t, |r| r.removed)),
+    ]
+    .into_iter()
+    .filter_map(|(verb, what)| what.map(|w| format!("{verb} {w}")))
+    .collect();
+    (!done.is_empty()).then(|| format!("{dev} resync: {}", done.join("; ")))
 }
 
 impl Device {
@@ -132,6 +167,9 @@ pub struct VxlanNetwork {
     /// Skipped leases already warned about (a resync every 10 s must not
     /// repeat the warning); rebuilt from each resync's skips.
     reported: HashSet<String>,
+    /// Keys of the leases whose backend data did not decode in the last
+    /// pass (on any device).
+    undecodable: HashSet<SubnetKey>,
 }
 
 impl VxlanNetwork {
@@ -273,6 +311,7 @@ impl VxlanNetwork {
             devices,
             direct: HashMap::new(),
             reported: HashSet::new(),
+            undecodable: HashSet::new(),
         })
     }
 
@@ -384,6 +423,51 @@ impl VxlanNetwork {
         configure_device(&ops, dev).await
     }
 
+    /// A full resync: what each device needed repaired (one line per
+    /// device that changed, for the log) and the collected failures.
+    async fn resync_pass(&mut self, leases: &[&Lease]) -> (Vec<String>, Result<(), BackendError>) {
+        if self.options.direct_routing {
+            // Peers never decided (the snapshot at start is their event).
+            let undecided: HashSet<IpAddr> = leases
+                .iter()
+                .flat_map(|l| self.public_ips(l))
+                .filter(|ip| !self.direct.contains_key(ip))
+                .collect();
+            for ip in undecided {
+                self.decide_direct(ip).await;
+            }
+        }
+        self.prune_direct(leases);
+        let mut errors = Vec::new();
+        let mut skips = Vec::new();
+        let mut summaries = Vec::new();
+        self.undecodable.clear();
+        for i in 0..self.devices.len() {
+            if let Err(e) = self.ensure_device(i).await {
+                errors.push(e);
+                continue;
+            }
+            let dev = &mut self.devices[i];
+            let (state, skipped) = desired_state(&dev.view, leases, &self.direct);
+            self.undecodable.extend(undecodable(&skipped));
+            skips.extend(
+                skipped
+                    .iter()
+                    .filter_map(|(key, why)| skip_message(&key.to_string(), dev, why)),
+            );
+            for (key, why) in &skipped {
+                if let Skip::OtherType(t) = why {
+                    debug!("Ignoring non-vxlan subnet {key}: type={t}");
+                }
+            }
+            let (t, errs) = dev.apply(&self.ops, &state, true).await;
+            errors.extend(errs);
+            summaries.extend(resync_summary(dev.name(), &t));
+        }
+        self.report_skips(skips);
+        (summaries, BackendError::collect(errors))
+    }
+
     /// Logs the skips of a resync that were not reported before.
     fn report_skips(&mut self, skipped: Vec<String>) {
         let now: HashSet<String> = skipped.into_iter().collect();
@@ -400,6 +484,14 @@ async fn disable_accept_ra(ops: &SharedOps, name: &str) {
     if let Err(e) = ops.disable_accept_ra(name).await {
         debug!("{e}");
     }
+}
+
+/// The keys among `skipped` whose backend data did not decode.
+fn undecodable(skipped: &[(SubnetKey, Skip)]) -> impl Iterator<Item = SubnetKey> + '_ {
+    skipped
+        .iter()
+        .filter(|(_, why)| matches!(why, Skip::BadData(_)))
+        .map(|(key, _)| *key)
 }
 
 /// The warning for a lease that gets no programming on `dev`.
@@ -488,8 +580,10 @@ impl Network for VxlanNetwork {
         }
         self.prune_direct(leases);
         let mut errors = Vec::new();
+        self.undecodable.clear();
         for dev in &mut self.devices {
-            let (state, _) = desired_state(&dev.view, leases, &self.direct);
+            let (state, skipped) = desired_state(&dev.view, leases, &self.direct);
+            self.undecodable.extend(undecodable(&skipped));
             let (tally, errs) = dev.apply(&self.ops, &state, false).await;
             errors.extend(errs);
             if let Some(done) = per_kind(&tally, |r| r.added + r.changed + r.removed) {
@@ -500,58 +594,19 @@ impl Network for VxlanNetwork {
     }
 
     async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError> {
-        if self.options.direct_routing {
-            // Peers never decided (the snapshot at start is their event).
-            let undecided: HashSet<IpAddr> = leases
-                .iter()
-                .flat_map(|l| self.public_ips(l))
-                .filter(|ip| !self.direct.contains_key(ip))
-                .collect();
-            for ip in undecided {
-                self.decide_direct(ip).await;
-            }
+        let (summaries, result) = self.resync_pass(leases).await;
+        for line in summaries {
+            info!("{line}");
         }
-        self.prune_direct(leases);
-        let mut errors = Vec::new();
-        let mut skips = Vec::new();
-        for i in 0..self.devices.len() {
-            if let Err(e) = self.ensure_device(i).await {
-                errors.push(e);
-                continue;
-            }
-            let dev = &mut self.devices[i];
-            let (state, skipped) = desired_state(&dev.view, leases, &self.direct);
-            skips.extend(
-                skipped
-                    .iter()
-                    .filter_map(|(key, why)| skip_message(&key.to_string(), dev, why)),
-            );
-            for (key, why) in &skipped {
-                if let Skip::OtherType(t) = why {
-                    debug!("Ignoring non-vxlan subnet {key}: type={t}");
-                }
-            }
-            let (t, errs) = dev.apply(&self.ops, &state, true).await;
-            errors.extend(errs);
-            if let Some(fixed) = per_kind(&t, |r| r.added + r.changed) {
-                info!(
-                    "{}: programmed {fixed} that were missing or wrong",
-                    dev.name()
-                );
-            }
-            if let Some(removed) = per_kind(&t, |r| r.removed) {
-                info!(
-                    "{}: removed {removed} of leases that no longer exist",
-                    dev.name()
-                );
-            }
-        }
-        self.report_skips(skips);
-        BackendError::collect(errors)
+        result
     }
 
     fn resync_interval(&self) -> Option<Duration> {
         Some(RESYNC_INTERVAL)
+    }
+
+    fn undecodable_leases(&self) -> usize {
+        self.undecodable.len()
     }
 
     fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {

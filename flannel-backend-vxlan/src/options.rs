@@ -121,7 +121,13 @@ impl VxlanLeaseData {
     pub fn parse(raw: &RawJson) -> Result<VxlanLeaseData, String> {
         let obj = match Object::parse(raw.get(), "vxlanLeaseAttrs").map_err(|e| e.0)? {
             Ok(o) => o,
-            Err(_) => return Err("error decoding subnet lease JSON: not an object".into()),
+            // The caller adds Go's "error decoding subnet lease JSON" prefix.
+            Err(NotObject::Null) => return Err("error parsing hardware addr".into()),
+            Err(NotObject::Other(kind)) => {
+                return Err(format!(
+                    "json: cannot unmarshal {kind} into Go value of type vxlan.vxlanLeaseAttrs"
+                ));
+            }
         };
         let vni = obj
             .uint("VNI", "uint16", u64::from(u16::MAX))
@@ -213,6 +219,9 @@ mod tests {
             "error parsing hardware addr"
         );
         assert!(VxlanLeaseData::parse(&raw(r#"{"VNI":1,"VtepMAC":"zz"}"#)).is_err());
-        assert!(VxlanLeaseData::parse(&raw(r#"[1]"#)).is_err());
+        assert_eq!(
+            VxlanLeaseData::parse(&raw(r#"[1]"#)).unwrap_err(),
+            "json: cannot unmarshal array into Go value of type vxlan.vxlanLeaseAttrs"
+        );
     }
 }

@@ -431,6 +431,14 @@ pub trait Network: Send {
     /// leases: adds what is missing, removes what is stale.
     async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError>;
 
+    /// How many of the leases given to the last [`Network::handle_events`]
+    /// or [`Network::resync`] this backend could not decode (malformed
+    /// backend data of its own type): they are skipped, and the runner does
+    /// not count them as known leases. Default: 0.
+    fn undecodable_leases(&self) -> usize {
+        0
+    }
+
     /// How often the runner should call [`Network::resync`] besides after
     /// snapshots; `None` for only after snapshots.
     fn resync_interval(&self) -> Option<Duration> {

@@ -526,7 +526,6 @@ impl Runner {
                             }
                         };
                         let batch = watcher.apply(result);
-                        self.status.known_leases.store(watcher.len() as u64, Ordering::Relaxed);
                         self.status.events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
                         // After a snapshot the resync below programs every lease
                         // and removes the stale ones; applying the diff as events
@@ -546,6 +545,8 @@ impl Runner {
                                 ),
                             }
                         }
+                        // After the backend saw the batch: leases it cannot decode are not known.
+                        self.status.known_leases.store(watcher.len().saturating_sub(network.undecodable_leases()) as u64, Ordering::Relaxed);
                         if lost && reacquire_at.is_none() {
                             warn!("our lease {own} is gone from the {} store; re-acquiring it", self.manager.name());
                             reacquire_at = Some(Instant::now());

@@ -430,3 +430,145 @@ async fn a_failure_is_returned_and_retried_by_the_next_pass() {
     n.net.resync(&[&a, &b]).await.unwrap();
     assert_eq!(n.nl.take_writes(), [go_v4(4)[2].clone()]);
 }
+
+/// Two leases behind one VTEP (same MAC and public IP: a node that moved
+/// and whose old lease has not expired yet) need one FDB entry; removing
+/// either lease must keep it for the other.
+#[tokio::test]
+async fn a_shared_fdb_entry_stays_while_a_lease_still_needs_it() {
+    let mut n = node(V4_ONLY).await;
+    let a = peer(3, false);
+    let b = Lease::new("10.5.4.0-24".parse().unwrap(), a.attrs.clone());
+    n.net
+        .handle_events(&[added(&a), added(&b)], &[&a, &b])
+        .await
+        .unwrap();
+    let fdb = || n.nl.fdb_now(V4DEV);
+    assert_eq!(fdb().len(), 1, "one entry for the shared VTEP");
+    n.nl.take_calls();
+    // Event path: the removal of one lease.
+    let gone = Lease::new(a.key(), LeaseAttrs::default());
+    n.net
+        .handle_events(&[LeaseEvent::removed(gone)], &[&b])
+        .await
+        .unwrap();
+    let calls = n.nl.take_calls();
+    assert!(!calls.iter().any(|c| c.starts_with("fdb")), "{calls:?}");
+    assert_eq!(
+        calls,
+        [
+            format!("neigh del 10.5.3.0 dev if{V4DEV}"),
+            format!("route del 10.5.3.0/24 via 10.5.3.0 dev if{V4DEV} onlink"),
+        ]
+    );
+    assert_eq!(n.nl.fdb_now(V4DEV).len(), 1);
+    // Resync path: both again, then one gone while we were away.
+    n.net.resync(&[&a, &b]).await.unwrap();
+    n.net.resync(&[&a]).await.unwrap();
+    assert_eq!(n.nl.fdb_now(V4DEV).len(), 1, "still needed by 10.5.3.0-24");
+    assert_eq!(n.nl.neighbours_now(V4DEV).len(), 1);
+    // The last lease gone: now the entry goes.
+    n.net.resync(&[]).await.unwrap();
+    assert!(n.nl.fdb_now(V4DEV).is_empty());
+}
+
+/// A lease with undecodable backend data is warned about once (not on
+/// every resync), is not counted as usable, and is warned about again
+/// only when it changes to another error.
+#[tokio::test]
+async fn an_undecodable_lease_is_reported_once_and_not_counted() {
+    let mut n = node(V4_ONLY).await;
+    let good = peer(3, false);
+    let bad = |data: &str| {
+        Lease::new(
+            "10.5.4.0-24".parse().unwrap(),
+            LeaseAttrs::from_json(&format!(
+                r#"{{"PublicIP":"192.168.100.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{data}}}"#
+            ))
+            .unwrap(),
+        )
+    };
+    let b1 = bad(r#"{"VNI":1,"VtepMAC":"zz"}"#);
+    n.net
+        .handle_events(&[added(&b1), added(&good)], &[&b1, &good])
+        .await
+        .unwrap();
+    assert_eq!(n.net.undecodable_leases(), 1);
+    let first = n.net.reported.clone();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let msg = first.iter().next().unwrap();
+    assert_eq!(
+        msg.matches("error decoding subnet lease JSON").count(),
+        1,
+        "{msg}"
+    );
+    for _ in 0..3 {
+        n.net.resync(&[&b1, &good]).await.unwrap();
+        assert_eq!(n.net.reported, first, "nothing new to report");
+        assert_eq!(n.net.undecodable_leases(), 1);
+    }
+    // Changed to another bad value: a new warning; the array's error has
+    // the prefix once.
+    let b2 = bad("[1]");
+    n.net
+        .handle_events(&[added(&b2)], &[&b2, &good])
+        .await
+        .unwrap();
+    n.net.resync(&[&b2, &good]).await.unwrap();
+    assert_eq!(n.net.reported.len(), 1);
+    let msg = n.net.reported.iter().next().unwrap();
+    assert_ne!(Some(msg), first.iter().next());
+    assert_eq!(
+        msg,
+        "lease 10.5.4.0-24: error decoding subnet lease JSON: json: cannot unmarshal array \
+         into Go value of type vxlan.vxlanLeaseAttrs; skipping it"
+    );
+    // Fixed: usable again and programmed.
+    n.net.resync(&[&peer(4, false), &good]).await.unwrap();
+    assert_eq!(n.net.undecodable_leases(), 0);
+    assert!(n.net.reported.is_empty());
+    assert_eq!(n.nl.routes_now().len(), 2);
+}
+
+/// The resync summary names exactly what was repaired: a route deleted by
+/// hand (added back), a stale lease's three entries (removed), and a VTEP
+/// that changed its MAC (its neighbour corrected, its FDB entry one
+/// removed and one added: the key is the whole entry).
+#[tokio::test]
+async fn the_resync_summary_counts_exactly_what_it_repaired() {
+    let mut n = node(V4_ONLY).await;
+    let (a, b, c) = (peer(3, false), peer(4, false), peer(5, false));
+    let (lines, res) = n.net.resync_pass(&[&a, &b, &c]).await;
+    res.unwrap();
+    assert_eq!(
+        lines,
+        ["flannel.1 resync: added 3 neighbours, 3 fdb entries, 3 routes"]
+    );
+    // Nothing to do: no line at all.
+    let (lines, res) = n.net.resync_pass(&[&a, &b, &c]).await;
+    res.unwrap();
+    assert!(lines.is_empty(), "{lines:?}");
+
+    // Damage: a route deleted by hand. Lease 5 gone; lease 4's VTEP got a
+    // new MAC (its neighbour is corrected, its FDB entry replaced).
+    n.nl.remove_route("10.5.3.0".parse().unwrap(), 24);
+    let mut b2 = b.clone();
+    b2.attrs.backend_data = Some(
+        VxlanLeaseData {
+            vni: 1,
+            vtep_mac: parse_mac("0a:00:00:00:00:44").unwrap(),
+        }
+        .to_raw(),
+    );
+    let (lines, res) = n.net.resync_pass(&[&a, &b2]).await;
+    res.unwrap();
+    assert_eq!(
+        lines,
+        ["flannel.1 resync: added 1 fdb entry, 1 route; corrected 1 neighbour; \
+          removed 1 neighbour, 2 fdb entries, 1 route"]
+    );
+    // And the kernel holds exactly the two leases' entries.
+    assert_eq!(n.nl.neighbours_now(V4DEV).len(), 2);
+    assert_eq!(n.nl.fdb_now(V4DEV).len(), 2);
+    assert_eq!(n.nl.routes_now().len(), 2);
+}
