@@ -118,14 +118,23 @@ fn describe(key: &SubnetKey) -> String {
 }
 
 /// The lease published for our public address: the IPv4 address as in Go, or
-/// the IPv6 address when we have no IPv4 one.
-fn ours<'a>(leases: &'a [Lease], attrs: &LeaseAttrs) -> Option<&'a Lease> {
-    if !attrs.public_ip.is_unspecified() {
-        leases.iter().find(|l| l.attrs.public_ip == attrs.public_ip)
-    } else {
-        let v6 = attrs.public_ipv6?;
-        leases.iter().find(|l| l.attrs.public_ipv6 == Some(v6))
-    }
+/// the IPv6 address when we have no IPv4 one. When several leases carry our
+/// address (a node that moved, a copied lease), the one named by `previous`
+/// (our `subnet.env`) wins; Go takes whichever comes first.
+fn ours<'a>(
+    leases: &'a [Lease],
+    attrs: &LeaseAttrs,
+    previous: Option<&SubnetKey>,
+) -> Option<&'a Lease> {
+    let mine = |l: &&Lease| {
+        if !attrs.public_ip.is_unspecified() {
+            l.attrs.public_ip == attrs.public_ip
+        } else {
+            attrs.public_ipv6.is_some() && l.attrs.public_ipv6 == attrs.public_ipv6
+        }
+    };
+    let named = previous.and_then(|p| leases.iter().filter(mine).find(|l| l.key() == *p));
+    named.or_else(|| leases.iter().find(mine))
 }
 
 fn overlaps_any(key: &SubnetKey, taken: &[SubnetKey]) -> bool {
@@ -184,8 +193,8 @@ impl<S: LeaseStore> SubnetManager for LeaseManager<S> {
         for _ in 0..RACE_RETRIES {
             let listing = self.store.list().await?;
             let mut leases = listing.leases;
-            if let Some(existing) =
-                ours(&leases, attrs).filter(|l| Some(l.key()) != skipped_reservation)
+            if let Some(existing) = ours(&leases, attrs, previous.as_ref())
+                .filter(|l| Some(l.key()) != skipped_reservation)
             {
                 let key = existing.key();
                 if is_compatible(&cfg, &key) {
@@ -204,6 +213,23 @@ impl<S: LeaseStore> SubnetManager for LeaseManager<S> {
                     );
                     skipped_reservation = Some(key);
                 } else {
+                    // Never delete a lease on the way to failing: when no
+                    // subnet of the new config is free (a full or narrowed
+                    // range), keep the old lease and report the shortage.
+                    let others: Vec<SubnetKey> = leases
+                        .iter()
+                        .map(Lease::key)
+                        .filter(|k| *k != key)
+                        .chain(lost.iter().copied())
+                        .collect();
+                    if let Err(e) = allocate(&cfg, &others, &mut |_| 0) {
+                        warn!(
+                            "Found lease ({}) for current IP ({public}) but not compatible with current config, \
+                             and the config has no free subnet to replace it; keeping it",
+                            describe(&key)
+                        );
+                        return Err(e);
+                    }
                     info!(
                         "Found lease ({}) for current IP ({public}) but not compatible with current config, deleting",
                         describe(&key)

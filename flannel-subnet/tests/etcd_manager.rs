@@ -57,6 +57,16 @@ async fn previous_subnet() {
 }
 
 #[tokio::test]
+async fn two_leases_for_one_ip() {
+    two_leases_for_one_ip_scenario(&Etcd::start()).await;
+}
+
+#[tokio::test]
+async fn no_delete_on_the_way_to_failing() {
+    no_delete_on_the_way_to_failing_scenario(&Etcd::start()).await;
+}
+
+#[tokio::test]
 async fn reservation() {
     reservation_scenario(&Etcd::start()).await;
 }

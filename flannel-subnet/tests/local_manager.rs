@@ -48,6 +48,16 @@ async fn previous_subnet() {
 }
 
 #[tokio::test]
+async fn two_leases_for_one_ip() {
+    two_leases_for_one_ip_scenario(&Local::new()).await;
+}
+
+#[tokio::test]
+async fn no_delete_on_the_way_to_failing() {
+    no_delete_on_the_way_to_failing_scenario(&Local::new()).await;
+}
+
+#[tokio::test]
 async fn reservation() {
     reservation_scenario(&Local::new()).await;
 }

@@ -133,6 +133,106 @@ pub async fn previous_subnet_scenario<F: Fixture>(fx: &F) {
     assert_ne!(l.subnet.unwrap().to_string(), "10.3.6.0/24");
 }
 
+/// Two leases carry our public IP (a node that moved while its old lease
+/// lived on): a restart takes the one its subnet.env names, whichever the
+/// store lists first.
+pub async fn two_leases_for_one_ip_scenario<F: Fixture>(fx: &F) {
+    fx.set_config(GO_CONFIG).await;
+    let store = fx.open().await;
+    for k in ["10.3.3.0-24", "10.3.7.0-24"] {
+        store
+            .put(&key(k), &attrs([1, 2, 3, 4]), Some(LEASE_TTL))
+            .await
+            .unwrap();
+    }
+    let m = LeaseManager::new(fx.open().await);
+    for prev in ["10.3.7.0/24", "10.3.3.0/24"] {
+        let mut r = req([1, 2, 3, 4]);
+        r.previous_subnet = Some(prev.parse().unwrap());
+        let l = m.acquire_lease(&r).await.unwrap();
+        assert_eq!(
+            l.subnet.unwrap().to_string(),
+            prev,
+            "subnet.env names {prev}"
+        );
+    }
+    // Without a subnet.env: one of them, and neither is deleted.
+    let l = m.acquire_lease(&req([1, 2, 3, 4])).await.unwrap();
+    assert!(["10.3.3.0-24", "10.3.7.0-24"].contains(&l.key().to_string().as_str()));
+    assert_eq!(store.list().await.unwrap().leases.len(), 2);
+    // A previous subnet held by another node's IP is not "ours".
+    store
+        .put(&key("10.3.9.0-24"), &attrs([9, 9, 9, 9]), Some(LEASE_TTL))
+        .await
+        .unwrap();
+    let mut r = req([1, 2, 3, 4]);
+    r.previous_subnet = Some("10.3.9.0/24".parse().unwrap());
+    let l = m.acquire_lease(&r).await.unwrap();
+    assert_ne!(l.key(), key("10.3.9.0-24"));
+    let other = store.get(&key("10.3.9.0-24")).await.unwrap().unwrap();
+    assert_eq!(
+        other.attrs,
+        attrs([9, 9, 9, 9]),
+        "the other node's lease untouched"
+    );
+}
+
+/// An acquisition that cannot succeed never deletes our lease first: not
+/// for a config with an empty range (rejected by validation), not for a
+/// config whose range is full.
+pub async fn no_delete_on_the_way_to_failing_scenario<F: Fixture>(fx: &F) {
+    fx.set_config(GO_CONFIG).await;
+    let store = fx.open().await;
+    let m = LeaseManager::new(fx.open().await);
+    let mine = m.acquire_lease(&req([1, 2, 3, 4])).await.unwrap();
+    let still_there = |what: &str| {
+        let store = &store;
+        let key = mine.key();
+        let what = what.to_owned();
+        async move {
+            let got = store.get(&key).await.unwrap();
+            assert!(got.is_some(), "{what}: our lease {key} was deleted");
+        }
+    };
+
+    // SubnetMin above SubnetMax: a configuration error naming both.
+    fx.set_config(
+        r#"{ "Network": "10.3.0.0/16", "SubnetMin": "10.3.200.0", "SubnetMax": "10.3.100.0" }"#,
+    )
+    .await;
+    let e = m.acquire_lease(&req([1, 2, 3, 4])).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "SubnetMin is above SubnetMax: 10.3.200.0 > 10.3.100.0, no subnet can be allocated"
+    );
+    still_there("min above max").await;
+
+    // A narrowed range with every subnet taken by other nodes: out of
+    // subnets, and our (now incompatible) lease kept.
+    for (k, ip) in [("10.3.40.0-24", 40), ("10.3.41.0-24", 41)] {
+        store
+            .put(&key(k), &attrs([10, 0, 0, ip]), Some(LEASE_TTL))
+            .await
+            .unwrap();
+    }
+    fx.set_config(
+        r#"{ "Network": "10.3.0.0/16", "SubnetMin": "10.3.40.0", "SubnetMax": "10.3.41.0" }"#,
+    )
+    .await;
+    let e = m.acquire_lease(&req([1, 2, 3, 4])).await.unwrap_err();
+    assert!(matches!(e, ManagerError::OutOfSubnets), "{e}");
+    still_there("full range").await;
+
+    // Room again: now the incompatible lease is replaced, as in Go.
+    store.delete(&key("10.3.41.0-24")).await.unwrap();
+    let moved = m.acquire_lease(&req([1, 2, 3, 4])).await.unwrap();
+    assert_eq!(moved.key(), key("10.3.41.0-24"));
+    assert!(
+        store.get(&mine.key()).await.unwrap().is_none(),
+        "old lease replaced"
+    );
+}
+
 /// A reservation (no TTL) is used by its public IP and keeps no TTL.
 pub async fn reservation_scenario<F: Fixture>(fx: &F) {
     fx.set_config(GO_CONFIG).await;
