@@ -292,6 +292,61 @@ fn hostile_keys_leave_every_host_intact(name: &str, backend: &str) {
     }
 }
 
+/// Two leases behind one VTEP (host 2's lease value copied under another
+/// key, as a node that moved leaves its old lease behind): removing the
+/// copy must keep host 1's FDB entry for host 2, which the real lease still
+/// needs.
+#[test]
+fn vxlan_a_shared_fdb_entry_survives_the_removal_of_one_lease() {
+    let mut c = Cluster::new(
+        FLANNELD,
+        "sffdb",
+        2,
+        false,
+        Backing::Etcd,
+        r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#,
+    );
+    c.start_all();
+    let env = c.wait_env(1);
+    let first = env_value(&env, "FLANNEL_SUBNET").expect("FLANNEL_SUBNET");
+    let net2 = v4_subnet(first).0.to_string();
+    c.wait_env(0);
+    for i in 0..2 {
+        c.add_pod(i);
+    }
+    c.ping_all_pairs(false);
+    let key2 = format!("{PREFIX}/subnets/{net2}-24");
+    let (value2, _) = c.etcd_leases().remove(&key2).expect("host 2's lease");
+    let mac2 = c.mac(1, "flannel.1");
+    let pub2 = c.host_ip(1).to_string();
+    wait_until(CONVERGE, || {
+        c.vxlan_peer_state(0, "flannel.1", &net2, &mac2, &pub2)
+    })
+    .unwrap_or_else(|e| panic!("host 1: state for host 2: {e}"));
+
+    let copy = "10.244.251.0";
+    let copy_key = format!("{PREFIX}/subnets/{copy}-24");
+    c.etcd_put_with_lease(&copy_key, &value2, 3600);
+    wait_until(CONVERGE, || {
+        c.vxlan_peer_state(0, "flannel.1", copy, &mac2, &pub2)
+    })
+    .unwrap_or_else(|e| panic!("host 1: state for the copied lease: {e}"));
+    let fdb_entries = c.fdb(0, "flannel.1").matches(&mac2).count();
+    assert_eq!(fdb_entries, 1, "one FDB entry for the shared VTEP");
+
+    c.etcd_delete(&copy_key);
+    wait_until(CONVERGE, || match c.route_to(0, &format!("{copy}/24")) {
+        None => Ok(()),
+        Some(r) => Err(format!("route {r} still there")),
+    })
+    .unwrap_or_else(|e| panic!("host 1: the copy's route: {e}"));
+    // Past a periodic resync too.
+    thread::sleep(Duration::from_secs(11));
+    c.vxlan_peer_state(0, "flannel.1", &net2, &mac2, &pub2)
+        .unwrap_or_else(|e| panic!("host 1 lost host 2's entries with the copy: {e}"));
+    c.ping_all_pairs(false);
+}
+
 #[test]
 fn vxlan_hostile_lease_keys_cut_nobody_off() {
     hostile_keys_leave_every_host_intact("sfvx", "vxlan");
