@@ -564,8 +564,10 @@ async fn the_resync_summary_counts_exactly_what_it_repaired() {
     res.unwrap();
     assert_eq!(
         lines,
-        ["flannel.1 resync: added 1 fdb entry, 1 route; corrected 1 neighbour; \
-          removed 1 neighbour, 2 fdb entries, 1 route"]
+        [
+            "flannel.1 resync: added 1 fdb entry, 1 route; corrected 1 neighbour; \
+          removed 1 neighbour, 2 fdb entries, 1 route"
+        ]
     );
     // And the kernel holds exactly the two leases' entries.
     assert_eq!(n.nl.neighbours_now(V4DEV).len(), 2);
