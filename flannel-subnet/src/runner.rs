@@ -493,6 +493,8 @@ impl Runner {
         let mut resync_at = resync_every.map(|d| Instant::now() + d);
         let mut reacquire_at: Option<Instant> = None;
         let mut reacquire_delay = opts.backoff.min;
+        // The watch delivers (it is in sync once our lease is in the store too).
+        let mut watch_ok = false;
         let mut heartbeat = tokio::time::interval(opts.heartbeat);
 
         let Some(mut stream) = self.open_watch(&mut log, &mut shutdown).await else {
@@ -511,7 +513,6 @@ impl Runner {
                 item = stream.next() => match item {
                     Some(Ok(result)) => {
                         log.recovered("lease watch");
-                        self.status.in_sync.store(true, Ordering::Relaxed);
                         let lost = match &result {
                             LeaseWatchResult::Snapshot(ls) => !ls.iter().any(|l| l.key() == own),
                             LeaseWatchResult::Events(es) => {
@@ -547,16 +548,25 @@ impl Runner {
                             }
                         }
                         if lost && reacquire_at.is_none() {
-                            warn!("our lease {own} is gone from the {} store; re-acquiring it", self.manager.name());
+                            warn!(
+                                "our lease {own} is gone from the {} store; re-acquiring it (not ready until then)",
+                                self.manager.name()
+                            );
                             reacquire_at = Some(Instant::now());
                         }
+                        // In sync only with our own lease back in the store
+                        // (after a store rebuilt empty, peers route to us by it).
+                        watch_ok = true;
+                        self.status.in_sync.store(reacquire_at.is_none(), Ordering::Relaxed);
                     }
                     Some(Err(e)) => {
+                        watch_ok = false;
                         self.status.in_sync.store(false, Ordering::Relaxed);
                         self.status.watch_errors.fetch_add(1, Ordering::Relaxed);
                         log.error("lease watch", &e);
                     }
                     None => {
+                        watch_ok = false;
                         self.status.in_sync.store(false, Ordering::Relaxed);
                         log.error("lease watch", &"stream ended; reopening");
                         tokio::select! {
@@ -624,7 +634,9 @@ impl Runner {
                             self.status.set_lease(&lease);
                             network.lease_changed(&lease).await?;
                             renew_at = renew_deadline(&lease, opts.renew_margin);
+                            self.status.in_sync.store(watch_ok && !moved, Ordering::Relaxed);
                             if moved {
+                                watch_ok = false;
                                 // What now holds our old subnet was filtered out
                                 // as ours: re-list so it becomes a peer.
                                 match self.open_watch(&mut log, &mut shutdown).await {
@@ -632,6 +644,18 @@ impl Runner {
                                     None => break,
                                 }
                             }
+                        }
+                        Err(e @ ManagerError::ConfigNotFound(_)) => {
+                            log.error(
+                                &format!(
+                                    "cannot re-acquire our lease {own}: the network config is missing from the {} store \
+                                     (was it rebuilt or wiped?); keeping the datapath as it is, not ready, retrying",
+                                    self.manager.name()
+                                ),
+                                &e,
+                            );
+                            reacquire_at = Some(Instant::now() + reacquire_delay);
+                            reacquire_delay = opts.backoff.next(reacquire_delay);
                         }
                         Err(e) => {
                             log.error("re-acquiring our lease", &e);
