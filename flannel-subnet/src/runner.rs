@@ -17,7 +17,11 @@
 //! - renews the lease `renew_margin` before it expires, retrying every minute
 //!   on failure;
 //! - re-acquires the lease when it disappears from the store (the same subnet
-//!   when it is still free) and tells the network;
+//!   when it is still free) and tells the network; until then it reports not
+//!   in sync. When a fresh listing lacks our lease (the store was rebuilt or
+//!   wiped, perhaps without its config), the peers known before stay in the
+//!   datapath until a grace period after the lease is back, so that they
+//!   have the time to re-assert theirs;
 //! - hands the network's driver (a userspace datapath loop), if it has one,
 //!   to the executor given with [`Runner::with_executor`] (for example
 //!   [`thread_executor`]), so packets keep moving while a handler works;
@@ -435,9 +439,15 @@ impl Runner {
         }
     }
 
-    async fn resync(&self, network: &mut dyn Network, watcher: &LeaseWatcher, retry: &mut Retry) {
+    async fn resync(
+        &self,
+        network: &mut dyn Network,
+        watcher: &LeaseWatcher,
+        held: &[Lease],
+        retry: &mut Retry,
+    ) {
         let started = std::time::Instant::now();
-        let leases = watcher.leases();
+        let leases = with_held(watcher, held);
         let result = network.resync(&leases).await;
         self.status.resyncs.fetch_add(1, Ordering::Relaxed);
         self.status
@@ -495,6 +505,10 @@ impl Runner {
         let mut reacquire_delay = opts.backoff.min;
         // The watch delivers (it is in sync once our lease is in the store too).
         let mut watch_ok = false;
+        // Peers kept in the datapath while the store lost our lease, and when
+        // to let them go (a grace period after our lease is back).
+        let mut held: Vec<Lease> = Vec::new();
+        let mut held_until: Option<Instant> = None;
         let mut heartbeat = tokio::time::interval(opts.heartbeat);
 
         let Some(mut stream) = self.open_watch(&mut log, &mut shutdown).await else {
@@ -526,6 +540,14 @@ impl Runner {
                                 es.iter().any(|e| e.lease.key() == own && e.kind == EventKind::Removed)
                             }
                         };
+                        if lost && held.is_empty() && matches!(result, LeaseWatchResult::Snapshot(_)) {
+                            // Our lease is missing from a fresh listing: the
+                            // store was rebuilt or wiped. Peers re-assert their
+                            // leases as we do; until they have had the time to,
+                            // keep routing to the ones we knew.
+                            held = watcher.leases().into_iter().cloned().collect();
+                            held_until = None;
+                        }
                         let batch = watcher.apply(result);
                         self.status.known_leases.store(watcher.len() as u64, Ordering::Relaxed);
                         self.status.events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
@@ -534,9 +556,9 @@ impl Runner {
                         // first would do the same work twice (5,000 leases at
                         // start: 1.5 s instead of 0.2 s).
                         if batch.resync {
-                            self.resync(network, &watcher, &mut retry).await;
+                            self.resync(network, &watcher, &held, &mut retry).await;
                         } else if !batch.events.is_empty() {
-                            let leases = watcher.leases();
+                            let leases = with_held(&watcher, &held);
                             match network.handle_events(&batch.events, &leases).await {
                                 Ok(()) => {}
                                 // Retried through a full resync.
@@ -585,18 +607,18 @@ impl Runner {
                         continue;
                     }
                     info!("the backend reported damage to its datapath; resyncing now");
-                    self.resync(network, &watcher, &mut retry).await;
+                    self.resync(network, &watcher, &held, &mut retry).await;
                 }
                 _ = sleep_until_opt(resync_at) => {
                     resync_at = resync_every.map(|d| Instant::now() + d);
                     // While failing, the backoff alone decides when to try again.
                     if retry.at.is_none() {
-                        self.resync(network, &watcher, &mut retry).await;
+                        self.resync(network, &watcher, &held, &mut retry).await;
                     }
                 }
                 _ = sleep_until_opt(retry.at) => {
                     retry.at = None;
-                    self.resync(network, &watcher, &mut retry).await;
+                    self.resync(network, &watcher, &held, &mut retry).await;
                     resync_at = resync_every.map(|d| Instant::now() + d);
                 }
                 _ = sleep_until_opt(renew_at) => {
@@ -614,6 +636,15 @@ impl Runner {
                             renew_at = Some(Instant::now() + opts.renew_retry);
                         }
                     }
+                }
+                _ = sleep_until_opt(held_until) => {
+                    held_until = None;
+                    let gone = held.iter().filter(|l| !watcher.leases().iter().any(|k| k.key() == l.key())).count();
+                    held.clear();
+                    if gone > 0 {
+                        info!("{gone} peers known before our lease was lost did not come back to the store; removing them");
+                    }
+                    self.resync(network, &watcher, &held, &mut retry).await;
                 }
                 _ = sleep_until_opt(reacquire_at) => {
                     let request = AcquireRequest {
@@ -635,6 +666,9 @@ impl Runner {
                             network.lease_changed(&lease).await?;
                             renew_at = renew_deadline(&lease, opts.renew_margin);
                             self.status.in_sync.store(watch_ok && !moved, Ordering::Relaxed);
+                            if !held.is_empty() {
+                                held_until = Some(Instant::now() + HOLD_AFTER_REACQUIRE);
+                            }
                             if moved {
                                 watch_ok = false;
                                 // What now holds our old subnet was filtered out
@@ -690,6 +724,24 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// How long peers known before our lease went missing from the store stay in
+/// the datapath after we have re-acquired it: the time for every live peer's
+/// watch to reconnect (its backoff reaches 5 s) and re-assert its own.
+const HOLD_AFTER_REACQUIRE: Duration = Duration::from_secs(15);
+
+/// The leases the datapath follows: the store's, plus those `held` from
+/// before the store lost our lease that it does not (yet) hold again.
+fn with_held<'a>(watcher: &'a LeaseWatcher, held: &'a [Lease]) -> Vec<&'a Lease> {
+    let mut leases = watcher.leases();
+    if held.is_empty() {
+        return leases;
+    }
+    let known: std::collections::HashSet<SubnetKey> = leases.iter().map(|l| l.key()).collect();
+    leases.extend(held.iter().filter(|l| !known.contains(&l.key())));
+    leases.sort_by_key(|l| l.key());
+    leases
 }
 
 /// How long [`Runner::run`] waits for a driver to end after the shutdown.
