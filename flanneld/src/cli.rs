@@ -796,9 +796,10 @@ fn check_etcd_endpoint(e: &str) -> Result<(), String> {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, e),
     };
+    // Lower case only: the etcd client recognises no other spelling.
     if let Some(scheme) = scheme
-        && !scheme.eq_ignore_ascii_case("http")
-        && !scheme.eq_ignore_ascii_case("https")
+        && scheme != "http"
+        && scheme != "https"
     {
         return Err(format!(
             "the scheme {scheme}:// is not supported, only http:// and https://"
@@ -1043,6 +1044,7 @@ mod endpoint_tests {
             ("http://h:99999", "from 1 to 65535"),
             ("http://h:0", "from 1 to 65535"),
             ("ftp://x", "ftp:// is not supported"),
+            ("HTTP://h:1", "HTTP:// is not supported"),
             ("http://u:p@h:1", "credentials"),
             ("http://h:1/v3", "no path"),
             ("http://fd00::1:2379", "brackets"),
