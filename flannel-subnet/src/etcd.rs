@@ -31,12 +31,14 @@
 //!
 //! The store also notices when the cluster behind the endpoints was rebuilt
 //! or replaced (its cluster id changed, or its revision went back below one
-//! it already answered): it logs a warning, and the next
-//! [`LeaseStore::watch`] asks for a fresh listing
+//! it already answered): it logs a warning, and a [`LeaseStore::watch`]
+//! from a revision handed out before that asks for a fresh listing
 //! ([`ManagerError::Compacted`]) instead of resuming at a revision of the
 //! old cluster, where it would miss every change until the new cluster
 //! reached it. A watch opened at a revision the cluster has not reached yet
-//! is treated the same way.
+//! is treated the same way. (A cluster rebuilt with the same cluster id that
+//! has already passed our revision before we ask it anything cannot be told
+//! apart; the runner still re-acquires its lease when a listing lacks it.)
 //!
 //! Enabled by the crate feature `etcd`.
 //!
@@ -348,8 +350,33 @@ struct Seen {
     cluster_id: Option<u64>,
     /// The highest revision answered.
     revision: i64,
-    /// A rebuild was noticed and no listing has been read since.
-    relist: bool,
+    /// How many rebuilds were noticed: the cluster generation.
+    generation: u64,
+    /// The last revisions handed out (by listings and watch batches) with
+    /// the generation they belong to, newest last: a watch resuming from
+    /// one of an older generation must re-list.
+    handed: std::collections::VecDeque<(i64, u64)>,
+}
+
+/// How many handed-out revisions [`Seen`] remembers.
+const HANDED: usize = 64;
+
+impl Seen {
+    fn hand_out(&mut self, revision: i64, generation: u64) {
+        if self.handed.len() >= HANDED {
+            self.handed.pop_front();
+        }
+        self.handed.push_back((revision, generation));
+    }
+
+    /// True when `revision` was last handed out by an older generation.
+    fn is_stale(&self, revision: i64) -> bool {
+        self.handed
+            .iter()
+            .rev()
+            .find(|(r, _)| *r == revision)
+            .is_some_and(|(_, g)| *g != self.generation)
+    }
 }
 
 /// State shared by the clones of one store.
@@ -594,7 +621,7 @@ impl Conn {
         match why {
             Some(why) => {
                 seen.revision = h.revision();
-                seen.relist = true;
+                seen.generation += 1;
                 drop(seen);
                 warn!(
                     "the etcd cluster at {} was rebuilt or replaced ({why}): re-listing every lease \
@@ -782,9 +809,12 @@ impl LeaseStore for EtcdStore {
         let floor = self.conn.floor();
         let mut resp = get(page(self.subnets_dir.clone().into_bytes(), 0)).await?;
         self.conn.observe(resp.header(), floor);
-        // A listing is a fresh start: nothing of an old cluster is resumed.
-        lock(&self.conn.shared.seen).relist = false;
         let revision = resp.header().map_or(0, |h| h.revision());
+        {
+            let mut seen = lock(&self.conn.shared.seen);
+            let generation = seen.generation;
+            seen.hand_out(revision, generation);
+        }
         let mut leases = Vec::new();
         loop {
             let next = match resp.kvs().last() {
@@ -933,10 +963,14 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn watch(&self, revision: i64) -> Result<StoreWatch, ManagerError> {
-        if lock(&self.conn.shared.seen).relist {
-            // The revision is one of a cluster that is gone.
-            return Err(ManagerError::Compacted(revision));
-        }
+        let generation = {
+            let seen = lock(&self.conn.shared.seen);
+            if seen.is_stale(revision) {
+                // The revision is one of a cluster that is gone.
+                return Err(ManagerError::Compacted(revision));
+            }
+            seen.generation
+        };
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision.saturating_add(1));
@@ -967,6 +1001,7 @@ impl LeaseStore for EtcdStore {
         }
         let mut state = WatchState {
             store: self.clone(),
+            generation,
             on,
             stream: Some(stream),
             pending: None,
@@ -994,6 +1029,8 @@ impl LeaseStore for EtcdStore {
 /// request side (dropping it would end the watch) and the responses.
 struct WatchState {
     store: EtcdStore,
+    /// The cluster generation the watch was opened in.
+    generation: u64,
     /// The endpoint the watch runs on.
     on: String,
     /// `None` once the stream has ended or failed.
@@ -1070,10 +1107,9 @@ impl WatchState {
                 }
             })
             .collect();
-        StoreBatch {
-            events,
-            revision: resp.header().map_or(0, |h| h.revision()),
-        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        lock(&self.store.conn.shared.seen).hand_out(revision, self.generation);
+        StoreBatch { events, revision }
     }
 }
 

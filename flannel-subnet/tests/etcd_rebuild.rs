@@ -160,3 +160,50 @@ async fn a_watch_resuming_ahead_of_the_store_lists_afresh() {
     // After the re-list the watch opens normally.
     let _watch = store.watch(fresh.revision).await.unwrap();
 }
+
+/// The rebuild is noticed by another request first, and a listing is read
+/// (as an acquisition does) before the watch reconnects, by which time the
+/// new cluster has passed the old revision: the watch still re-lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_noticed_elsewhere_still_stops_the_resume() {
+    let mut srv = EtcdServer::start().unwrap_or_else(|e| panic!("starting etcd: {e}"));
+    let store = connect(&srv).await;
+    let attrs = LeaseAttrs::new(Ipv4Addr::new(192, 168, 1, 1));
+    for i in 1..=5 {
+        store
+            .create(&key(&format!("10.5.{i}.0-24")), &attrs, LEASE_TTL)
+            .await
+            .unwrap();
+    }
+    let old = store.list().await.unwrap().revision;
+    rebuild(&mut srv);
+    // Noticed here: the new cluster is at revision 1.
+    let t = Instant::now();
+    loop {
+        match store.get_config().await {
+            Err(flannel_core::manager::ManagerError::ConfigNotFound(_)) => break,
+            Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                eprintln!("get config: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("get config on the empty cluster: {other:?}"),
+        }
+    }
+    // Others write until the new cluster is past the old revision.
+    let other = connect(&srv).await;
+    for i in 0..(old + 3) {
+        other
+            .put(&key(&format!("10.6.{i}.0-24")), &attrs, Some(LEASE_TTL))
+            .await
+            .unwrap();
+    }
+    let listing = store.list().await.unwrap();
+    assert!(listing.revision > old);
+    match store.watch(old).await {
+        Err(flannel_core::manager::ManagerError::Compacted(r)) => assert_eq!(r, old),
+        Err(e) => panic!("watch: {e}"),
+        Ok(_) => panic!("the watch resumed at revision {old} of the old cluster"),
+    }
+    // The new listing's revision is fine.
+    let _watch = store.watch(listing.revision).await.unwrap();
+}
