@@ -3,6 +3,8 @@
 //! snapshot, never resume at a revision of the old cluster.
 #![cfg(feature = "etcd")]
 
+mod common;
+
 use flannel_core::event::LeaseWatchResult;
 use flannel_core::key::SubnetKey;
 use flannel_core::lease::LeaseAttrs;
@@ -206,4 +208,86 @@ async fn a_rebuild_noticed_elsewhere_still_stops_the_resume() {
     }
     // The new listing's revision is fine.
     let _watch = store.watch(listing.revision).await.unwrap();
+}
+
+async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.elapsed()
+}
+
+/// The runner over a rebuilt etcd, first without its config: not in sync
+/// (not ready) while its lease is missing, the peers it knew kept in the
+/// datapath, and once the config is back the same subnet re-asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_is_not_in_sync_until_its_lease_is_back() {
+    use common::{Log, Recorder, req, spawn_runner};
+    use flannel_subnet::runner::Runner;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    let mut srv = EtcdServer::start().unwrap_or_else(|e| panic!("starting etcd: {e}"));
+    connect(&srv).await.put_config(CONFIG).await.unwrap();
+    let manager = Arc::new(LeaseManager::new(connect(&srv).await));
+    let lease = manager.acquire_lease(&req([10, 0, 0, 1])).await.unwrap();
+    let peer = LeaseManager::new(connect(&srv).await)
+        .acquire_lease(&req([10, 0, 0, 2]))
+        .await
+        .unwrap();
+    let log = Arc::new(Mutex::new(Log::default()));
+    let net = Recorder {
+        lease: lease.clone(),
+        log: log.clone(),
+        resync_every: None,
+    };
+    let runner = Runner::new(manager.clone());
+    let status = runner.status().clone();
+    let running = spawn_runner(runner, net);
+    wait_until("the first resync", Duration::from_secs(5), || {
+        !log.lock().unwrap().resyncs.is_empty()
+    })
+    .await;
+    assert!(status.in_sync());
+    assert_eq!(log.lock().unwrap().resyncs[0], [peer.key()]);
+
+    rebuild(&mut srv);
+    let noticed = wait_until("not in sync", Duration::from_secs(15), || !status.in_sync()).await;
+    // It stays so while the config is missing; the peer stays programmed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !status.in_sync(),
+        "in sync with no config and no lease in the store"
+    );
+    {
+        let l = log.lock().unwrap();
+        let last = l.resyncs.last().unwrap();
+        assert_eq!(
+            last[..],
+            [peer.key()],
+            "the known peer was dropped: {:?}",
+            l.resyncs
+        );
+        assert!(l.lease_changes.is_empty());
+    }
+
+    let fresh = connect(&srv).await;
+    fresh.put_config(CONFIG).await.unwrap();
+    let back = wait_until("in sync again", Duration::from_secs(10), || {
+        status.in_sync()
+    })
+    .await;
+    let stored = fresh.get(&lease.key()).await.unwrap();
+    assert!(stored.is_some(), "our lease was not re-asserted");
+    assert_eq!(status.lease().unwrap().key(), lease.key());
+    assert_eq!(status.reacquisitions.load(Ordering::Relaxed), 1);
+    eprintln!(
+        "runner: not in sync {noticed:?} after etcd served again; in sync with the same subnet {back:?} after the config came back"
+    );
+    running.stop().await;
 }
