@@ -23,6 +23,23 @@
 //! same store works again once etcd is back (the underlying gRPC channel
 //! reconnects by itself). Watches are plain streams: nothing is spawned.
 //!
+//! With several endpoints the store keeps one connection per endpoint and
+//! sends every request to the endpoint that answered last; when it does not
+//! answer, the request moves on to the next one, which is then used from
+//! that point on. A dead member so costs one failed attempt, not half of all
+//! requests (as a round-robin balancer would).
+//!
+//! The store also notices when the cluster behind the endpoints was rebuilt
+//! or replaced (its cluster id changed, or its revision went back below one
+//! it already answered): it logs a warning, and a [`LeaseStore::watch`]
+//! from a revision handed out before that asks for a fresh listing
+//! ([`ManagerError::Compacted`]) instead of resuming at a revision of the
+//! old cluster, where it would miss every change until the new cluster
+//! reached it. A watch opened at a revision the cluster has not reached yet
+//! is treated the same way. (A cluster rebuilt with the same cluster id that
+//! has already passed our revision before we ask it anything cannot be told
+//! apart; the runner still re-acquires its lease when a listing lacks it.)
+//!
 //! Enabled by the crate feature `etcd`.
 //!
 //! ```no_run
@@ -44,7 +61,8 @@
 use crate::store::{LeaseStore, Listing, StoreBatch, StoreEvent, StoreWatch};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
+    KeyValue, PutOptions, ResponseHeader, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+    WatchStream,
 };
 use flannel_core::key::SubnetKey;
 use flannel_core::lease::{Lease, LeaseAttrs};
@@ -53,8 +71,10 @@ use futures_util::StreamExt;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Keys per page when listing leases: about 2 MiB of responses, half of a gRPC
 /// client's default message limit.
@@ -82,6 +102,12 @@ pub const DEFAULT_ENDPOINTS: [&str; 2] = ["http://127.0.0.1:4001", "http://127.0
 
 /// The default bound on each etcd request and connection attempt.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The warning Go flannel prints when etcd is reached without TLS. The
+/// store does not print it (a caller retrying [`EtcdStore::connect`] would
+/// repeat it): print it once, when [`EtcdConfig::uses_tls`] is false.
+pub const INSECURE_WARNING: &str =
+    "no certificate provided: connecting to etcd with http. This is insecure";
 
 /// The error Go flannel reports when `<prefix>/config` is missing.
 pub const CONFIG_NOT_FOUND: &str =
@@ -128,6 +154,24 @@ impl Default for EtcdConfig {
             ca_file: None,
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+}
+
+impl EtcdConfig {
+    /// True when TLS is used: both `key_file` and `cert_file` are set.
+    pub fn uses_tls(&self) -> bool {
+        self.key_file.is_some() && self.cert_file.is_some()
+    }
+
+    /// The endpoints, with comma-separated entries split and blanks dropped.
+    pub fn endpoint_list(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -228,7 +272,7 @@ fn is_tls_failure(text: &str) -> bool {
 /// What error messages and time bounds need to know about the connection.
 #[derive(Clone)]
 struct Ctx {
-    /// The endpoints, comma-separated, for error messages.
+    /// The endpoints, comma-separated, for logs.
     endpoints: String,
     timeout: Duration,
     tls: bool,
@@ -238,7 +282,7 @@ impl Ctx {
     /// Maps an etcd client error: transport trouble is `Unavailable`
     /// (retryable); refused credentials, a failed TLS handshake and invalid
     /// arguments are `Other` (permanent).
-    fn error(&self, what: &str, e: etcd_client::Error) -> ManagerError {
+    fn error(&self, what: &str, on: &str, e: etcd_client::Error) -> ManagerError {
         let (retryable, text) = match &e {
             etcd_client::Error::GRpcStatus(s) => {
                 let mut text = format!("{:?}: {}", s.code(), s.message());
@@ -261,7 +305,7 @@ impl Ctx {
             etcd_client::Error::WatchError(w) => (true, format!("watch error: {w}")),
             other => (false, other.to_string()),
         };
-        let msg = format!("etcd {what} on {}: {text}", self.endpoints);
+        let msg = format!("etcd {what} on {on}: {text}");
         if self.tls && is_tls_failure(&text) {
             ManagerError::Other(format!(
                 "{msg} (TLS failure: check the etcd CA, certificate and key files)"
@@ -273,28 +317,94 @@ impl Ctx {
         }
     }
 
-    /// Runs one etcd request with the configured time bound.
+    /// Runs one etcd request to the endpoint `on` with the configured time
+    /// bound.
     async fn call<T>(
         &self,
         what: &str,
+        on: &str,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, ManagerError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.error(what, e)),
+            Ok(Err(e)) => Err(self.error(what, on, e)),
             Err(_) => Err(ManagerError::Unavailable(format!(
-                "etcd {what} on {}: no answer within {:?}",
-                self.endpoints, self.timeout
+                "etcd {what} on {on}: no answer within {:.1} s",
+                self.timeout.as_secs_f64()
             ))),
         }
     }
 }
 
+/// One endpoint and its client, connected on first use (with credentials,
+/// connecting is a round trip that a dead endpoint would fail).
+struct Member {
+    url: String,
+    client: Mutex<Option<Client>>,
+}
+
+/// What the store has seen of the cluster behind its endpoints.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The cluster id of the last answer.
+    cluster_id: Option<u64>,
+    /// The highest revision answered.
+    revision: i64,
+    /// How many rebuilds were noticed: the cluster generation.
+    generation: u64,
+    /// The last revisions handed out (by listings and watch batches) with
+    /// the generation they belong to, newest last: a watch resuming from
+    /// one of an older generation must re-list.
+    handed: std::collections::VecDeque<(i64, u64)>,
+}
+
+/// How many handed-out revisions [`Seen`] remembers.
+const HANDED: usize = 64;
+
+impl Seen {
+    fn hand_out(&mut self, revision: i64, generation: u64) {
+        if self.handed.len() >= HANDED {
+            self.handed.pop_front();
+        }
+        self.handed.push_back((revision, generation));
+    }
+
+    /// True when `revision` was last handed out by an older generation.
+    fn is_stale(&self, revision: i64) -> bool {
+        self.handed
+            .iter()
+            .rev()
+            .find(|(r, _)| *r == revision)
+            .is_some_and(|(_, g)| *g != self.generation)
+    }
+}
+
+/// State shared by the clones of one store.
+struct Shared {
+    members: Vec<Member>,
+    /// The member requests go to first: the one that answered last.
+    current: AtomicUsize,
+    options: ConnectOptions,
+    seen: Mutex<Seen>,
+}
+
+/// The endpoints of a store and what it has seen of the cluster.
+#[derive(Clone)]
+struct Conn {
+    shared: Arc<Shared>,
+    ctx: Ctx,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A [`LeaseStore`] on etcd (v3 API), laid out exactly as Go flannel's.
 #[derive(Clone)]
 pub struct EtcdStore {
+    conn: Conn,
+    /// The client of the endpoint that answered at connect time.
     client: Client,
-    ctx: Ctx,
     /// `<prefix>/config`.
     config_key: String,
     /// `<prefix>/subnets/` (with the trailing slash: the listing range).
@@ -304,10 +414,10 @@ pub struct EtcdStore {
 impl fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdStore")
-            .field("endpoints", &self.ctx.endpoints)
+            .field("endpoints", &self.conn.ctx.endpoints)
             .field("config_key", &self.config_key)
             .field("subnets_dir", &self.subnets_dir)
-            .field("timeout", &self.ctx.timeout)
+            .field("timeout", &self.conn.ctx.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -323,21 +433,14 @@ impl EtcdStore {
     /// here, naming the endpoints and the cause.
     ///
     /// TLS is used only when both `key_file` and `cert_file` are set (then
-    /// `ca_file` as the trusted roots); otherwise the connection is plain,
-    /// with a warning, as in Go flannel.
+    /// `ca_file` as the trusted roots); otherwise the connection is plain
+    /// (print [`INSECURE_WARNING`] once, as Go flannel does).
     ///
     /// Errors: [`ManagerError::Unavailable`] when etcd cannot be reached
     /// (retryable), [`ManagerError::Other`] for bad TLS material, a TLS
     /// handshake failure or refused credentials.
     pub async fn connect(cfg: EtcdConfig) -> Result<EtcdStore, ManagerError> {
-        let endpoints: Vec<String> = cfg
-            .endpoints
-            .iter()
-            .flat_map(|e| e.split(','))
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_string)
-            .collect();
+        let endpoints = cfg.endpoint_list();
         if endpoints.is_empty() {
             return Err(ManagerError::Other("no etcd endpoints given".into()));
         }
@@ -358,10 +461,8 @@ impl EtcdStore {
                 opts = opts.with_tls(tls);
                 true
             }
-            _ => {
-                warn!("no certificate provided: connecting to etcd with http. This is insecure");
-                false
-            }
+            // The caller prints INSECURE_WARNING (once, not per attempt).
+            _ => false,
         };
         if let Some(user) = &cfg.username {
             let password = cfg.password.clone().unwrap_or_default();
@@ -375,44 +476,180 @@ impl EtcdStore {
             timeout,
             tls,
         };
-        // Without credentials this only builds the (lazy) channel; with them
-        // it authenticates, which is the first round trip.
-        let client = ctx
-            .call("connect", Client::connect(endpoints, Some(opts)))
-            .await?;
+        let shared = Arc::new(Shared {
+            members: endpoints
+                .into_iter()
+                .map(|url| Member {
+                    url,
+                    client: Mutex::new(None),
+                })
+                .collect(),
+            current: AtomicUsize::new(0),
+            options: opts,
+            seen: Mutex::new(Seen::default()),
+        });
         let prefix = cfg.prefix.as_str();
-        let store = EtcdStore {
-            client,
-            ctx,
-            config_key: join_key(&[prefix, "config"]),
-            subnets_dir: join_key(&[prefix, "subnets"]) + "/",
-        };
-        // The balanced channel connects lazily: probe now so that a wrong
-        // endpoint or CA shows up here rather than at the first lease call.
-        let mut kv = store.client.kv_client();
-        let probe = GetOptions::new().with_count_only();
-        let probed = store
-            .ctx
-            .call("connect", kv.get(store.config_key.clone(), Some(probe)))
+        let config_key = join_key(&[prefix, "config"]);
+        let conn = Conn { shared, ctx };
+        // Probe now (the channels connect lazily) so that a wrong endpoint
+        // or CA shows up here rather than at the first lease call.
+        let key = config_key.clone();
+        let probed = conn
+            .call("connect", |c| {
+                let key = key.clone();
+                async move {
+                    let mut kv = c.kv_client();
+                    let resp = kv
+                        .get(key, Some(GetOptions::new().with_count_only()))
+                        .await?;
+                    Ok((c, resp))
+                }
+            })
             .await;
         match probed {
             // A server refusing our client certificate just closes the
             // connection; say what to look at.
-            Err(ManagerError::Unavailable(m)) if store.ctx.tls => {
-                return Err(ManagerError::Unavailable(format!(
+            Err(ManagerError::Unavailable(m)) if conn.ctx.tls => {
+                Err(ManagerError::Unavailable(format!(
                     "{m} (TLS is on: if etcd is up, check that it accepts the client certificate)"
-                )));
+                )))
             }
-            Err(e) => return Err(e),
-            Ok(_) => {}
+            Err(e) => Err(e),
+            Ok((client, resp)) => {
+                conn.observe(resp.header(), 0);
+                debug!(endpoints = %conn.ctx.endpoints, "connected to etcd");
+                Ok(EtcdStore {
+                    conn,
+                    client,
+                    config_key,
+                    subnets_dir: join_key(&[prefix, "subnets"]) + "/",
+                })
+            }
         }
-        debug!(endpoints = %store.ctx.endpoints, "connected to etcd");
-        Ok(store)
+    }
+}
+
+impl Conn {
+    /// The client of member `i`, connecting it on first use.
+    async fn member_client(&self, i: usize) -> Result<Client, ManagerError> {
+        let member = &self.shared.members[i];
+        if let Some(c) = lock(&member.client).clone() {
+            return Ok(c);
+        }
+        // Without credentials this only builds the (lazy) channel; with them
+        // it authenticates, which is the first round trip.
+        let client = self
+            .ctx
+            .call(
+                "connect",
+                &member.url,
+                Client::connect([member.url.as_str()], Some(self.shared.options.clone())),
+            )
+            .await?;
+        *lock(&member.client) = Some(client.clone());
+        Ok(client)
     }
 
-    /// The underlying etcd client (cheap to clone), for tools and tests.
+    /// Runs one request, first on the endpoint that answered last, then on
+    /// the others in turn while they are unavailable; the one that answers
+    /// is used first from now on. `request` may be called once per endpoint.
+    async fn call<T, F, Fut>(&self, what: &str, request: F) -> Result<T, ManagerError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let members = &self.shared.members;
+        let n = members.len();
+        let first = self.shared.current.load(Ordering::Relaxed) % n;
+        let mut failures: Vec<String> = Vec::new();
+        for step in 0..n {
+            let i = (first + step) % n;
+            let url = members[i].url.as_str();
+            let attempt = async {
+                let client = self.member_client(i).await?;
+                self.ctx.call(what, url, request(client)).await
+            };
+            match attempt.await {
+                Ok(v) => {
+                    if step > 0
+                        && self
+                            .shared
+                            .current
+                            .compare_exchange(first, i, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        info!(
+                            "etcd endpoint {} did not answer; using {url} from now on",
+                            members[first].url
+                        );
+                    }
+                    return Ok(v);
+                }
+                Err(ManagerError::Unavailable(m)) if n > 1 => failures.push(m),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ManagerError::Unavailable(failures.join("; ")))
+    }
+
+    /// The highest revision answered so far: a linearizable answer to a
+    /// request sent after it cannot be older, unless the cluster changed.
+    fn floor(&self) -> i64 {
+        lock(&self.shared.seen).revision
+    }
+
+    /// Records an answer's header; true (with a warning) when it shows a
+    /// rebuilt or replaced cluster: another cluster id, or a revision below
+    /// `floor` (a revision this cluster had already reached).
+    fn observe(&self, header: Option<&ResponseHeader>, floor: i64) -> bool {
+        let Some(h) = header else {
+            return false;
+        };
+        let mut seen = lock(&self.shared.seen);
+        let why = match seen.cluster_id {
+            Some(id) if id != h.cluster_id() => Some(format!(
+                "its cluster id changed from {id:x} to {:x}",
+                h.cluster_id()
+            )),
+            _ if h.revision() < floor => Some(format!(
+                "its revision went back from {floor} to {}",
+                h.revision()
+            )),
+            _ => None,
+        };
+        seen.cluster_id = Some(h.cluster_id());
+        match why {
+            Some(why) => {
+                seen.revision = h.revision();
+                seen.generation += 1;
+                drop(seen);
+                warn!(
+                    "the etcd cluster at {} was rebuilt or replaced ({why}): re-listing every lease \
+                     instead of resuming the watch",
+                    self.ctx.endpoints
+                );
+                true
+            }
+            None => {
+                seen.revision = seen.revision.max(h.revision());
+                false
+            }
+        }
+    }
+}
+
+impl EtcdStore {
+    /// The underlying etcd client (cheap to clone), for tools and tests: the
+    /// one of the endpoint that answered at connect time.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The endpoint requests go to first: the one that answered last.
+    pub fn current_endpoint(&self) -> &str {
+        let shared = &self.conn.shared;
+        let i = shared.current.load(Ordering::Relaxed) % shared.members.len();
+        &shared.members[i].url
     }
 
     /// The configuration key, `<prefix>/config`.
@@ -428,10 +665,15 @@ impl EtcdStore {
     /// Writes the network configuration JSON to `<prefix>/config` (as
     /// `etcdctl put` would; the text is stored unchanged).
     pub async fn put_config(&self, json: &str) -> Result<(), ManagerError> {
-        let mut kv = self.client.kv_client();
-        self.ctx
-            .call("put config", kv.put(self.config_key.clone(), json, None))
+        let floor = self.conn.floor();
+        let resp = self
+            .conn
+            .call("put config", |c| {
+                let (key, json) = (self.config_key.clone(), json.to_string());
+                async move { c.kv_client().put(key, json, None).await }
+            })
             .await?;
+        self.conn.observe(resp.header(), floor);
         Ok(())
     }
 
@@ -498,8 +740,14 @@ impl EtcdStore {
     /// Grants an etcd lease of `ttl` (whole seconds, at least 1).
     async fn grant(&self, ttl: Duration) -> Result<i64, ManagerError> {
         let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
-        let mut lc = self.client.lease_client();
-        let resp = self.ctx.call("lease grant", lc.grant(secs, None)).await?;
+        let floor = self.conn.floor();
+        let resp = self
+            .conn
+            .call("lease grant", |c| async move {
+                c.lease_client().grant(secs, None).await
+            })
+            .await?;
+        self.conn.observe(resp.header(), floor);
         Ok(resp.id())
     }
 
@@ -522,11 +770,15 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn get_config(&self) -> Result<String, ManagerError> {
-        let mut kv = self.client.kv_client();
+        let floor = self.conn.floor();
         let resp = self
-            .ctx
-            .call("get config", kv.get(self.config_key.clone(), None))
+            .conn
+            .call("get config", |c| {
+                let key = self.config_key.clone();
+                async move { c.kv_client().get(key, None).await }
+            })
             .await?;
+        self.conn.observe(resp.header(), floor);
         let Some(item) = resp.kvs().first() else {
             return Err(ManagerError::ConfigNotFound(CONFIG_NOT_FOUND.into()));
         };
@@ -540,7 +792,6 @@ impl LeaseStore for EtcdStore {
         // refuse messages over 4 MiB by default and 60,000 leases are ~11 MiB.
         // Read pages at the revision of the first page, so the listing is
         // still one consistent snapshot.
-        let mut kv = self.client.kv_client();
         let end = prefix_end(self.subnets_dir.as_bytes());
         let page = |from: Vec<u8>, revision: i64| {
             let opts = GetOptions::new()
@@ -549,12 +800,21 @@ impl LeaseStore for EtcdStore {
                 .with_revision(revision);
             (from, opts)
         };
-        let (from, opts) = page(self.subnets_dir.clone().into_bytes(), 0);
-        let mut resp = self
-            .ctx
-            .call("list leases", kv.get(from, Some(opts)))
-            .await?;
+        let get = |(from, opts): (Vec<u8>, GetOptions)| {
+            self.conn.call("list leases", move |c| {
+                let (from, opts) = (from.clone(), opts.clone());
+                async move { c.kv_client().get(from, Some(opts)).await }
+            })
+        };
+        let floor = self.conn.floor();
+        let mut resp = get(page(self.subnets_dir.clone().into_bytes(), 0)).await?;
+        self.conn.observe(resp.header(), floor);
         let revision = resp.header().map_or(0, |h| h.revision());
+        {
+            let mut seen = lock(&self.conn.shared.seen);
+            let generation = seen.generation;
+            seen.hand_out(revision, generation);
+        }
         let mut leases = Vec::new();
         loop {
             let next = match resp.kvs().last() {
@@ -572,16 +832,13 @@ impl LeaseStore for EtcdStore {
                         .filter_map(|kv| self.decode(kv, Self::approx_expiration(kv))),
                 );
             };
-            let Some((from, opts)) = next else {
+            let Some(next) = next else {
                 decode(&resp, &mut leases);
                 break;
             };
             // Ask for the next page first, then decode this one while etcd
             // answers: `join!` polls the request (sending it) before decoding.
-            let (next_resp, ()) = tokio::join!(
-                self.ctx.call("list leases", kv.get(from, Some(opts))),
-                async { decode(&resp, &mut leases) }
-            );
+            let (next_resp, ()) = tokio::join!(get(next), async { decode(&resp, &mut leases) });
             resp = next_resp?;
         }
         Ok(Listing { leases, revision })
@@ -589,21 +846,26 @@ impl LeaseStore for EtcdStore {
 
     async fn get(&self, key: &SubnetKey) -> Result<Option<Lease>, ManagerError> {
         let name = self.lease_key(key);
-        let mut kv = self.client.kv_client();
+        let floor = self.conn.floor();
         let resp = self
-            .ctx
-            .call("get lease", kv.get(name.clone(), None))
+            .conn
+            .call("get lease", |c| {
+                let name = name.clone();
+                async move { c.kv_client().get(name, None).await }
+            })
             .await?;
+        self.conn.observe(resp.header(), floor);
         let Some(item) = resp.kvs().first() else {
             return Ok(None);
         };
         let expiration = match item.lease() {
             0 => None,
             id => {
-                let mut lc = self.client.lease_client();
                 let ttl = self
-                    .ctx
-                    .call("lease time-to-live", lc.time_to_live(id, None))
+                    .conn
+                    .call("lease time-to-live", |c| async move {
+                        c.lease_client().time_to_live(id, None).await
+                    })
                     .await?
                     .ttl();
                 // -1: the lease ran out between the two reads.
@@ -633,13 +895,24 @@ impl LeaseStore for EtcdStore {
                 attrs.to_json(),
                 Some(PutOptions::new().with_lease(id)),
             )]);
-        let mut kv = self.client.kv_client();
-        let result = self.ctx.call("create lease", kv.txn(txn)).await;
+        let floor = self.conn.floor();
+        let result = self
+            .conn
+            .call("create lease", |c| {
+                let txn = txn.clone();
+                async move { c.kv_client().txn(txn).await }
+            })
+            .await;
+        if let Ok(resp) = &result {
+            self.conn.observe(resp.header(), floor);
+        }
         let revision = match result {
             Ok(resp) if resp.succeeded() => resp.header().map_or(0, |h| h.revision()),
             other => {
-                let mut lc = self.client.lease_client();
-                if let Err(e) = self.ctx.call("lease revoke", lc.revoke(id)).await {
+                let revoke = self.conn.call("lease revoke", |c| async move {
+                    c.lease_client().revoke(id).await
+                });
+                if let Err(e) = revoke.await {
                     debug!("could not revoke unused etcd lease {id:x}: {e}");
                 }
                 return Err(match other {
@@ -661,39 +934,84 @@ impl LeaseStore for EtcdStore {
             Some(t) => Some(PutOptions::new().with_lease(self.grant(t).await?)),
             None => None,
         };
-        let mut kv = self.client.kv_client();
+        let (name, value) = (self.lease_key(key), attrs.to_json());
+        let floor = self.conn.floor();
         let resp = self
-            .ctx
-            .call(
-                "put lease",
-                kv.put(self.lease_key(key), attrs.to_json(), options),
-            )
+            .conn
+            .call("put lease", |c| {
+                let (name, value, options) = (name.clone(), value.clone(), options.clone());
+                async move { c.kv_client().put(name, value, options).await }
+            })
             .await?;
+        self.conn.observe(resp.header(), floor);
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok(Self::written(key, attrs, ttl, revision))
     }
 
     async fn delete(&self, key: &SubnetKey) -> Result<(), ManagerError> {
-        let mut kv = self.client.kv_client();
-        self.ctx
-            .call("delete lease", kv.delete(self.lease_key(key), None))
+        let name = self.lease_key(key);
+        let floor = self.conn.floor();
+        let resp = self
+            .conn
+            .call("delete lease", |c| {
+                let name = name.clone();
+                async move { c.kv_client().delete(name, None).await }
+            })
             .await?;
+        self.conn.observe(resp.header(), floor);
         Ok(())
     }
 
     async fn watch(&self, revision: i64) -> Result<StoreWatch, ManagerError> {
-        let mut wc = self.client.watch_client();
+        let generation = {
+            let seen = lock(&self.conn.shared.seen);
+            if seen.is_stale(revision) {
+                // The revision is one of a cluster that is gone.
+                return Err(ManagerError::Compacted(revision));
+            }
+            seen.generation
+        };
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision.saturating_add(1));
-        let stream = self
-            .ctx
-            .call("watch", wc.watch(self.subnets_dir.clone(), Some(options)))
+        // Wait for the server's first answer ("created"): its header says
+        // which cluster answers and how far it is.
+        let (stream, first) = self
+            .conn
+            .call("watch", |c| {
+                let (key, options) = (self.subnets_dir.clone(), options.clone());
+                async move {
+                    let mut stream = c.watch_client().watch(key, Some(options)).await?;
+                    let first = stream.message().await?;
+                    Ok((stream, first))
+                }
+            })
             .await?;
-        let state = WatchState {
-            store: self.clone(),
-            stream: Some(stream),
+        let on = self.current_endpoint().to_string();
+        let Some(first) = first else {
+            return Err(ManagerError::Unavailable(format!(
+                "etcd watch on {on}: stream closed by the server"
+            )));
         };
+        // The cluster had reached `revision` when it handed it out: if it is
+        // behind it now, it is another cluster (rebuilt on the same
+        // endpoints), and resuming would miss everything up to `revision`.
+        if self.conn.observe(first.header(), revision) {
+            return Err(ManagerError::Compacted(revision));
+        }
+        let mut state = WatchState {
+            store: self.clone(),
+            generation,
+            on,
+            stream: Some(stream),
+            pending: None,
+        };
+        if first.canceled() {
+            return Err(state.canceled(&first));
+        }
+        if !first.created() {
+            state.pending = Some(first);
+        }
         Ok(Box::pin(futures_util::stream::unfold(
             state,
             |mut st| async move {
@@ -711,8 +1029,14 @@ impl LeaseStore for EtcdStore {
 /// request side (dropping it would end the watch) and the responses.
 struct WatchState {
     store: EtcdStore,
+    /// The cluster generation the watch was opened in.
+    generation: u64,
+    /// The endpoint the watch runs on.
+    on: String,
     /// `None` once the stream has ended or failed.
     stream: Option<WatchStream>,
+    /// A response read while opening the watch, not yet passed on.
+    pending: Option<WatchResponse>,
 }
 
 impl WatchState {
@@ -720,13 +1044,17 @@ impl WatchState {
     async fn next_batch(&mut self) -> Option<Result<StoreBatch, ManagerError>> {
         loop {
             let stream = self.stream.as_mut()?;
-            let resp = match stream.next().await {
+            let next = match self.pending.take() {
+                Some(resp) => Some(Ok(resp)),
+                None => stream.next().await,
+            };
+            let resp = match next {
                 Some(Ok(resp)) => resp,
-                Some(Err(e)) => return Some(Err(self.store.ctx.error("watch", e))),
+                Some(Err(e)) => return Some(Err(self.store.conn.ctx.error("watch", &self.on, e))),
                 None => {
                     return Some(Err(ManagerError::Unavailable(format!(
                         "etcd watch on {}: stream closed by the server",
-                        self.store.ctx.endpoints
+                        self.on
                     ))));
                 }
             };
@@ -748,7 +1076,7 @@ impl WatchState {
         let reason = resp.cancel_reason();
         let msg = format!(
             "etcd watch on {} canceled by the server: {}",
-            self.store.ctx.endpoints,
+            self.on,
             if reason.is_empty() {
                 "no reason given"
             } else {
@@ -779,10 +1107,9 @@ impl WatchState {
                 }
             })
             .collect();
-        StoreBatch {
-            events,
-            revision: resp.header().map_or(0, |h| h.revision()),
-        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        lock(&self.store.conn.shared.seen).hand_out(revision, self.generation);
+        StoreBatch { events, revision }
     }
 }
 

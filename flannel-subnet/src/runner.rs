@@ -17,7 +17,11 @@
 //! - renews the lease `renew_margin` before it expires, retrying every minute
 //!   on failure;
 //! - re-acquires the lease when it disappears from the store (the same subnet
-//!   when it is still free) and tells the network;
+//!   when it is still free) and tells the network; until then it reports not
+//!   in sync. When a fresh listing lacks our lease (the store was rebuilt or
+//!   wiped, perhaps without its config), the peers known before stay in the
+//!   datapath until a grace period after the lease is back, so that they
+//!   have the time to re-assert theirs;
 //! - hands the network's driver (a userspace datapath loop), if it has one,
 //!   to the executor given with [`Runner::with_executor`] (for example
 //!   [`thread_executor`]), so packets keep moving while a handler works;
@@ -435,9 +439,15 @@ impl Runner {
         }
     }
 
-    async fn resync(&self, network: &mut dyn Network, watcher: &LeaseWatcher, retry: &mut Retry) {
+    async fn resync(
+        &self,
+        network: &mut dyn Network,
+        watcher: &LeaseWatcher,
+        held: &[Lease],
+        retry: &mut Retry,
+    ) {
         let started = std::time::Instant::now();
-        let leases = watcher.leases();
+        let leases = with_held(watcher, held);
         let result = network.resync(&leases).await;
         self.status.resyncs.fetch_add(1, Ordering::Relaxed);
         self.status
@@ -493,6 +503,12 @@ impl Runner {
         let mut resync_at = resync_every.map(|d| Instant::now() + d);
         let mut reacquire_at: Option<Instant> = None;
         let mut reacquire_delay = opts.backoff.min;
+        // The watch delivers (it is in sync once our lease is in the store too).
+        let mut watch_ok = false;
+        // Peers kept in the datapath while the store lost our lease, and when
+        // to let them go (a grace period after our lease is back).
+        let mut held: Vec<Lease> = Vec::new();
+        let mut held_until: Option<Instant> = None;
         let mut heartbeat = tokio::time::interval(opts.heartbeat);
 
         let Some(mut stream) = self.open_watch(&mut log, &mut shutdown).await else {
@@ -511,7 +527,6 @@ impl Runner {
                 item = stream.next() => match item {
                     Some(Ok(result)) => {
                         log.recovered("lease watch");
-                        self.status.in_sync.store(true, Ordering::Relaxed);
                         let lost = match &result {
                             LeaseWatchResult::Snapshot(ls) => !ls.iter().any(|l| l.key() == own),
                             LeaseWatchResult::Events(es) => {
@@ -525,6 +540,14 @@ impl Runner {
                                 es.iter().any(|e| e.lease.key() == own && e.kind == EventKind::Removed)
                             }
                         };
+                        if lost && held.is_empty() && matches!(result, LeaseWatchResult::Snapshot(_)) {
+                            // Our lease is missing from a fresh listing: the
+                            // store was rebuilt or wiped. Peers re-assert their
+                            // leases as we do; until they have had the time to,
+                            // keep routing to the ones we knew.
+                            held = watcher.leases().into_iter().cloned().collect();
+                            held_until = None;
+                        }
                         let batch = watcher.apply(result);
                         self.status.events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
                         // After a snapshot the resync below programs every lease
@@ -532,9 +555,9 @@ impl Runner {
                         // first would do the same work twice (5,000 leases at
                         // start: 1.5 s instead of 0.2 s).
                         if batch.resync {
-                            self.resync(network, &watcher, &mut retry).await;
+                            self.resync(network, &watcher, &held, &mut retry).await;
                         } else if !batch.events.is_empty() {
-                            let leases = watcher.leases();
+                            let leases = with_held(&watcher, &held);
                             match network.handle_events(&batch.events, &leases).await {
                                 Ok(()) => {}
                                 // Retried through a full resync.
@@ -548,16 +571,25 @@ impl Runner {
                         // After the backend saw the batch: leases it cannot decode are not known.
                         self.status.known_leases.store(watcher.len().saturating_sub(network.undecodable_leases()) as u64, Ordering::Relaxed);
                         if lost && reacquire_at.is_none() {
-                            warn!("our lease {own} is gone from the {} store; re-acquiring it", self.manager.name());
+                            warn!(
+                                "our lease {own} is gone from the {} store; re-acquiring it (not ready until then)",
+                                self.manager.name()
+                            );
                             reacquire_at = Some(Instant::now());
                         }
+                        // In sync only with our own lease back in the store
+                        // (after a store rebuilt empty, peers route to us by it).
+                        watch_ok = true;
+                        self.status.in_sync.store(reacquire_at.is_none(), Ordering::Relaxed);
                     }
                     Some(Err(e)) => {
+                        watch_ok = false;
                         self.status.in_sync.store(false, Ordering::Relaxed);
                         self.status.watch_errors.fetch_add(1, Ordering::Relaxed);
                         log.error("lease watch", &e);
                     }
                     None => {
+                        watch_ok = false;
                         self.status.in_sync.store(false, Ordering::Relaxed);
                         log.error("lease watch", &"stream ended; reopening");
                         tokio::select! {
@@ -576,18 +608,18 @@ impl Runner {
                         continue;
                     }
                     info!("the backend reported damage to its datapath; resyncing now");
-                    self.resync(network, &watcher, &mut retry).await;
+                    self.resync(network, &watcher, &held, &mut retry).await;
                 }
                 _ = sleep_until_opt(resync_at) => {
                     resync_at = resync_every.map(|d| Instant::now() + d);
                     // While failing, the backoff alone decides when to try again.
                     if retry.at.is_none() {
-                        self.resync(network, &watcher, &mut retry).await;
+                        self.resync(network, &watcher, &held, &mut retry).await;
                     }
                 }
                 _ = sleep_until_opt(retry.at) => {
                     retry.at = None;
-                    self.resync(network, &watcher, &mut retry).await;
+                    self.resync(network, &watcher, &held, &mut retry).await;
                     resync_at = resync_every.map(|d| Instant::now() + d);
                 }
                 _ = sleep_until_opt(renew_at) => {
@@ -605,6 +637,15 @@ impl Runner {
                             renew_at = Some(Instant::now() + opts.renew_retry);
                         }
                     }
+                }
+                _ = sleep_until_opt(held_until) => {
+                    held_until = None;
+                    let gone = held.iter().filter(|l| !watcher.leases().iter().any(|k| k.key() == l.key())).count();
+                    held.clear();
+                    if gone > 0 {
+                        info!("{gone} peers known before our lease was lost did not come back to the store; removing them");
+                    }
+                    self.resync(network, &watcher, &held, &mut retry).await;
                 }
                 _ = sleep_until_opt(reacquire_at) => {
                     let request = AcquireRequest {
@@ -625,7 +666,12 @@ impl Runner {
                             self.status.set_lease(&lease);
                             network.lease_changed(&lease).await?;
                             renew_at = renew_deadline(&lease, opts.renew_margin);
+                            self.status.in_sync.store(watch_ok && !moved, Ordering::Relaxed);
+                            if !held.is_empty() {
+                                held_until = Some(Instant::now() + HOLD_AFTER_REACQUIRE);
+                            }
                             if moved {
+                                watch_ok = false;
                                 // What now holds our old subnet was filtered out
                                 // as ours: re-list so it becomes a peer.
                                 match self.open_watch(&mut log, &mut shutdown).await {
@@ -633,6 +679,18 @@ impl Runner {
                                     None => break,
                                 }
                             }
+                        }
+                        Err(e @ ManagerError::ConfigNotFound(_)) => {
+                            log.error(
+                                &format!(
+                                    "cannot re-acquire our lease {own}: the network config is missing from the {} store \
+                                     (was it rebuilt or wiped?); keeping the datapath as it is, not ready, retrying",
+                                    self.manager.name()
+                                ),
+                                &e,
+                            );
+                            reacquire_at = Some(Instant::now() + reacquire_delay);
+                            reacquire_delay = opts.backoff.next(reacquire_delay);
                         }
                         Err(e) => {
                             log.error("re-acquiring our lease", &e);
@@ -667,6 +725,24 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// How long peers known before our lease went missing from the store stay in
+/// the datapath after we have re-acquired it: the time for every live peer's
+/// watch to reconnect (its backoff reaches 5 s) and re-assert its own.
+const HOLD_AFTER_REACQUIRE: Duration = Duration::from_secs(15);
+
+/// The leases the datapath follows: the store's, plus those `held` from
+/// before the store lost our lease that it does not (yet) hold again.
+fn with_held<'a>(watcher: &'a LeaseWatcher, held: &'a [Lease]) -> Vec<&'a Lease> {
+    let mut leases = watcher.leases();
+    if held.is_empty() {
+        return leases;
+    }
+    let known: std::collections::HashSet<SubnetKey> = leases.iter().map(|l| l.key()).collect();
+    leases.extend(held.iter().filter(|l| !known.contains(&l.key())));
+    leases.sort_by_key(|l| l.key());
+    leases
 }
 
 /// How long [`Runner::run`] waits for a driver to end after the shutdown.

@@ -727,6 +727,9 @@ fn into_options(f: Flags) -> Result<Options, CliError> {
     if !(1..1440).contains(&f.subnet_lease_renew_margin) {
         return Err(CliError::Invalid(format!("error: {RENEW_MARGIN_ERROR}\n")));
     }
+    if subnet_manager == SubnetManagerKind::Etcd {
+        check_etcd_endpoints(&f.etcd_endpoints).map_err(CliError::Invalid)?;
+    }
     Ok(Options {
         etcd_endpoints: f.etcd_endpoints,
         etcd_prefix: f.etcd_prefix,
@@ -762,6 +765,99 @@ fn into_options(f: Flags) -> Result<Options, CliError> {
         local_store_dir: f.local_store_dir,
         subnet_manager,
     })
+}
+
+/// Checks `--etcd-endpoints` before anything connects: every
+/// comma-separated entry must be `http://host[:port]`, `https://host[:port]`
+/// or `host:port`, with a port in 1–65535. The error names the entry and
+/// the rule it breaks.
+pub fn check_etcd_endpoints(list: &str) -> Result<(), String> {
+    let entries: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() {
+        return Err("error: invalid --etcd-endpoints: no endpoint given\n".into());
+    }
+    for e in entries {
+        check_etcd_endpoint(e).map_err(|why| {
+            format!(
+                "error: invalid --etcd-endpoints entry \"{e}\": {why} \
+                 (expected http://host:port or https://host:port)\n"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn check_etcd_endpoint(e: &str) -> Result<(), String> {
+    let (scheme, rest) = match e.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, e),
+    };
+    // Lower case only: the etcd client recognises no other spelling.
+    if let Some(scheme) = scheme
+        && scheme != "http"
+        && scheme != "https"
+    {
+        return Err(format!(
+            "the scheme {scheme}:// is not supported, only http:// and https://"
+        ));
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() {
+        return Err("an etcd endpoint has no path".into());
+    }
+    if authority.contains('@') {
+        return Err(
+            "credentials in the URL are not supported (use --etcd-username and --etcd-password)"
+                .into(),
+        );
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or("an IPv6 address lacks its closing ]")?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("[{host}] is not an IPv6 address"));
+        }
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(format!("unexpected text {after} after the address")),
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err("an IPv6 address must be written in brackets, as [addr]:port".into());
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is missing".into());
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
+    {
+        return Err(format!("{host} is not a host name or IP address"));
+    }
+    match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => return Err(format!("the port {p:?} is not a number from 1 to 65535")),
+        },
+        None if scheme.is_none() => {
+            return Err("without http:// or https:// an endpoint must be host:port".into());
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// Go's `strconv.ParseBool`.
@@ -918,5 +1014,50 @@ mod tests {
         );
         assert_eq!(env_var_name("v"), "FLANNELD_V");
         assert_eq!(env_var_name("a.b"), "FLANNELD_A_B");
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::check_etcd_endpoints;
+
+    #[test]
+    fn good_endpoints_pass() {
+        for ok in [
+            "http://127.0.0.1:2379",
+            "https://etcd.example.com:2379",
+            "https://etcd.example.com",
+            "http://[fd00::1]:2379",
+            "127.0.0.1:2379",
+            "http://127.0.0.1:4001,http://127.0.0.1:2379",
+            "http://a:1, http://b:2/",
+        ] {
+            assert_eq!(check_etcd_endpoints(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn bad_endpoints_name_the_entry_and_the_rule() {
+        for (bad, rule) in [
+            ("not-a-url", "must be host:port"),
+            (":99999", "host is missing"),
+            ("http://h:99999", "from 1 to 65535"),
+            ("http://h:0", "from 1 to 65535"),
+            ("ftp://x", "ftp:// is not supported"),
+            ("HTTP://h:1", "HTTP:// is not supported"),
+            ("http://u:p@h:1", "credentials"),
+            ("http://h:1/v3", "no path"),
+            ("http://fd00::1:2379", "brackets"),
+            ("http://ex ample:1", "not a host name"),
+            ("http://127.0.0.1:2379,bogus", "must be host:port"),
+            (",", "no endpoint given"),
+        ] {
+            let err = check_etcd_endpoints(bad).unwrap_err();
+            assert!(err.contains(rule), "{bad}: {err}");
+            if bad != "," {
+                let entry = bad.rsplit(',').next().unwrap();
+                assert!(err.contains(&format!("\"{entry}\"")), "{bad}: {err}");
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ use flannel_netlink::{Netlink, SharedOps};
 use flannel_subnet::env_file::{read_subnet_env, write_subnet_env};
 use flannel_subnet::manager::LeaseManager;
 use flannel_subnet::runner::{Runner, RunnerOptions, thread_executor};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -36,6 +37,19 @@ fn signals() -> Result<watch::Receiver<bool>> {
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
+}
+
+/// `fut`'s output, or `None` when a signal comes first (a start-up step
+/// waiting for an unreachable etcd must not delay the exit).
+async fn unless_stopped<T>(
+    stop: &watch::Receiver<bool>,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    let mut stop = stop.clone();
+    tokio::select! {
+        _ = stop.wait_for(|v| *v) => None,
+        v = fut => Some(v),
+    }
 }
 
 /// The subnet manager the flags ask for; `None` when a signal came while
@@ -76,10 +90,19 @@ async fn manager(
             };
             let endpoints = cfg.endpoints.join(",");
             info!("using etcd at {endpoints} (prefix {})", cfg.prefix);
+            if !cfg.uses_tls() {
+                // Once: the connection below may be retried many times.
+                warn!("{}", flannel_subnet::etcd::INSECURE_WARNING);
+            }
             // Connecting retries like the config fetch: etcd may start later.
             let mut delay = Duration::from_millis(500);
             loop {
-                match flannel_subnet::etcd::EtcdStore::connect(cfg.clone()).await {
+                let attempt =
+                    unless_stopped(stop, flannel_subnet::etcd::EtcdStore::connect(cfg.clone()));
+                let Some(attempt) = attempt.await else {
+                    return Ok(None);
+                };
+                match attempt {
                     Ok(store) => break Arc::new(LeaseManager::new(store)),
                     Err(e) if e.is_transient() => {
                         warn!("waiting for etcd at {endpoints}: {e}");
@@ -108,7 +131,10 @@ async fn fetch_config(
     stop: &watch::Receiver<bool>,
 ) -> Result<Option<NetConfig>> {
     loop {
-        match sm.get_network_config().await {
+        let Some(fetched) = unless_stopped(stop, sm.get_network_config()).await else {
+            return Ok(None);
+        };
+        match fetched {
             Ok(cfg) => return Ok(Some(cfg)),
             Err(e @ ManagerError::Config(_)) => {
                 return Err(anyhow!(e).context("invalid network config"));
@@ -129,11 +155,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let runner_options = RunnerOptions::default()
         .with_renew_margin_minutes(opts.subnet_lease_renew_margin)
         .map_err(|e| anyhow!(e))?;
-    let Some(sm) = manager(&opts, &stop).await? else {
-        info!("Exiting cleanly...");
-        return Ok(());
-    };
-
+    // Served from the start: /healthz answers (and /readyz says not ready)
+    // while flanneld waits for etcd.
     let health = Arc::new(Health::default());
     if opts.healthz_port > 0 {
         let addr = format!("{}:{}", opts.healthz_ip, opts.healthz_port);
@@ -142,6 +165,10 @@ pub async fn run(opts: Options) -> Result<()> {
             .with_context(|| format!("healthz: cannot listen on {addr}"))?;
         tokio::spawn(health::serve(listener, health.clone()));
     }
+    let Some(sm) = manager(&opts, &stop).await? else {
+        info!("Exiting cleanly...");
+        return Ok(());
+    };
 
     let Some(config) = fetch_config(sm.as_ref(), &stop).await? else {
         info!("Exiting cleanly...");
@@ -180,7 +207,11 @@ pub async fn run(opts: Options) -> Result<()> {
         host: &host,
     };
     let mut network = loop {
-        match backend.register_network(&ctx).await {
+        let Some(registered) = unless_stopped(&stop, backend.register_network(&ctx)).await else {
+            info!("Exiting cleanly...");
+            return Ok(());
+        };
+        match registered {
             Ok(n) => break n,
             Err(BackendError::Manager(e)) if e.is_transient() => {
                 warn!("Error registering network (retrying in 1 s): {e}");
