@@ -640,7 +640,7 @@ impl Runner {
                 }
                 _ = sleep_until_opt(held_until) => {
                     held_until = None;
-                    let gone = held.iter().filter(|l| !watcher.leases().iter().any(|k| k.key() == l.key())).count();
+                    let gone = held.iter().filter(|l| watcher.get(&l.key()).is_none()).count();
                     held.clear();
                     if gone > 0 {
                         info!("{gone} peers known before our lease was lost did not come back to the store; removing them");
