@@ -463,21 +463,30 @@ impl Soak {
     }
 }
 
-/// `ip -4 route` lines on host `i` through `flannel.1` to fake subnets.
+/// The route destination of a fake lease key (`.../10.244.228.0-24` →
+/// `10.244.228.0/24`).
+fn fake_dst(key: &str) -> String {
+    key.trim_start_matches(SUBNETS).replace('-', "/")
+}
+
+/// The destinations of host `i`'s routes through `flannel.1` to fake
+/// nodes' subnets, sorted.
 fn fake_routes(c: &Cluster, i: usize) -> Vec<String> {
-    c.routes(i, false)
+    let mut dsts: Vec<String> = c
+        .routes(i, false)
         .lines()
         .filter(|l| l.contains("dev flannel.1"))
-        .filter(|l| {
-            l.split_whitespace()
-                .next()
-                .and_then(|d| d.strip_prefix("10.244."))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|d| {
+            d.strip_prefix("10.244.")
                 .and_then(|r| r.split('.').next())
                 .and_then(|n| n.parse::<u8>().ok())
                 .is_some_and(|n| n >= FAKE_FIRST)
         })
         .map(str::to_owned)
-        .collect()
+        .collect();
+    dsts.sort();
+    dsts
 }
 
 /// A log line without its timestamp, digits folded, for counting repeats.
@@ -579,11 +588,10 @@ fn soak(minutes: f64, seed: u64, report_path: &Path) -> Res<()> {
     thread::sleep(Duration::from_secs(1));
     let results: Vec<PingResult> = pingers.into_iter().map(Pinger::stop).collect::<Res<_>>()?;
 
-    let mut c = s.c;
-    let rss_end: Vec<f64> = (0..HOSTS).map(|i| rss(&mut c, i)).collect::<Res<_>>()?;
+    let rss_end: Vec<f64> = (0..HOSTS).map(|i| rss(&mut s.c, i)).collect::<Res<_>>()?;
     let logs: Vec<Vec<String>> = (0..HOSTS)
         .map(|i| {
-            c.log(i)
+            s.c.log(i)
                 .lines()
                 .skip(lines_before[i])
                 .map(str::to_owned)
@@ -591,25 +599,40 @@ fn soak(minutes: f64, seed: u64, report_path: &Path) -> Res<()> {
         })
         .collect();
 
-    // ---- after the run: fake leases gone means their routes go too, and
-    // the pods still reach each other.
-    for f in &s.fakes {
-        c.etcd_delete(&f.key);
+    // ---- after the run: once the short-lived fake leases have expired,
+    // every host routes exactly the fake leases still in etcd; deleting
+    // those removes their routes; the pods still reach each other.
+    let last_expiry = s.fakes.iter().filter_map(|f| f.expires).max();
+    if let Some(t) = last_expiry {
+        thread::sleep(t.saturating_duration_since(Instant::now()) + Duration::from_secs(3));
     }
-    let cleanup = (0..HOSTS)
-        .map(|i| {
-            wait_until(Duration::from_secs(30), || {
-                let left = fake_routes(&c, i);
-                if left.is_empty() {
+    s.reap_expired();
+    let mut alive: Vec<String> = s.fakes.iter().map(|f| fake_dst(&f.key)).collect();
+    alive.sort();
+    let c = &s.c;
+    let settled = |want: &[String], what: &str| -> Res<Duration> {
+        let mut slowest = Duration::ZERO;
+        for i in 0..HOSTS {
+            let ((), took) = wait_until(Duration::from_secs(30), || {
+                let have = fake_routes(c, i);
+                if have == want {
                     Ok(())
                 } else {
-                    Err(left.join("; "))
+                    Err(format!("routes {have:?}, want {want:?}"))
                 }
             })
-            .map(|((), took)| took)
-            .map_err(|e| format!("host {}: routes of deleted fake leases stay: {e}", i + 1))
-        })
-        .collect::<Res<Vec<Duration>>>();
+            .map_err(|e| format!("host {}: {what}: {e}", i + 1))?;
+            slowest = slowest.max(took);
+        }
+        Ok(slowest)
+    };
+    let check = settled(&alive, "fake leases in etcd after the run").and_then(|matched| {
+        for f in &s.fakes {
+            c.etcd_delete(&f.key);
+        }
+        let removed = settled(&[], "routes of the deleted fake leases")?;
+        Ok((matched, removed))
+    });
     c.ping_all_pairs(false);
 
     // ---- figures
@@ -792,13 +815,15 @@ fn soak(minutes: f64, seed: u64, report_path: &Path) -> Res<()> {
     for (shape, n) in &shapes {
         println!("  {n:>5}  {shape}");
     }
-    match &cleanup {
-        Ok(took) => println!(
-            "after the run: every fake lease deleted, their routes gone from all hosts within {:.1} s; \
-             all pod pairs reachable",
-            took.iter().max().copied().unwrap_or_default().as_secs_f64()
+    match &check {
+        Ok((matched, removed)) => println!(
+            "after the run: every host routed exactly the {} fake leases left in etcd (within {:.1} s); \
+             deleted, their routes were gone from every host within {:.1} s; all pod pairs reachable",
+            alive.len(),
+            matched.as_secs_f64(),
+            removed.as_secs_f64()
         ),
-        Err(e) => println!("after the run: {e}"),
+        Err(e) => println!("after the run: FAILED: {e}"),
     }
     println!();
     for f in &figures {
@@ -857,8 +882,13 @@ fn soak(minutes: f64, seed: u64, report_path: &Path) -> Res<()> {
             "host": e.host.map(|h| h + 1),
             "note": e.note,
         })).collect::<Vec<_>>(),
-        "cleanup": match &cleanup {
-            Ok(took) => json!({"ok": true, "max_s": took.iter().max().copied().unwrap_or_default().as_secs_f64()}),
+        "check_after": match &check {
+            Ok((matched, removed)) => json!({
+                "ok": true,
+                "fake_leases_left": alive.len(),
+                "routes_matched_within_s": matched.as_secs_f64(),
+                "routes_removed_within_s": removed.as_secs_f64(),
+            }),
             Err(e) => json!({"ok": false, "error": e}),
         },
         "figures": figures.iter().map(|f| serde_json::from_str::<serde_json::Value>(&f.to_json())
@@ -868,8 +898,8 @@ fn soak(minutes: f64, seed: u64, report_path: &Path) -> Res<()> {
     fs::write(report_path, text + "\n")
         .map_err(|e| format!("writing {}: {e}", report_path.display()))?;
     eprintln!("wrote {}", report_path.display());
-    drop(c);
-    cleanup.map(drop)
+    drop(s);
+    check.map(drop)
 }
 
 fn median(v: &[f64]) -> f64 {
