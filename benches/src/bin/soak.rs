@@ -143,6 +143,7 @@ struct Event {
 /// A fake node's lease in etcd.
 struct FakeLease {
     key: String,
+    ttl: Duration,
     /// When its TTL runs out, for the short-lived ones.
     expires: Option<Instant>,
 }
@@ -320,9 +321,13 @@ impl Soak {
             self.c.etcd_put_with_lease(&key, &Self::fake_value(n), ttl);
             notes.push(format!("10.244.{n}.0/24 (ttl {ttl} s)"));
             self.leases_added += 1;
+            let ttl = Duration::from_secs(ttl as u64);
             self.fakes.push(FakeLease {
                 key,
-                expires: short.then(|| Instant::now() + Duration::from_secs(ttl as u64)),
+                ttl,
+                // etcd checks expiry about twice a second: a margin, so a
+                // lease is never forgotten here while etcd still has it.
+                expires: short.then(|| Instant::now() + ttl + Duration::from_secs(1)),
             });
         }
         notes.join(", ")
@@ -352,6 +357,13 @@ impl Soak {
             .restart()
             .map_err(|e| format!("restarting etcd: {e}"))?;
         self.etcd_down_secs += t.elapsed().as_secs_f64();
+        // A restarted etcd gives every lease its whole TTL again.
+        let restarted = Instant::now();
+        for f in &mut self.fakes {
+            if let Some(e) = &mut f.expires {
+                *e = (*e).max(restarted + f.ttl + Duration::from_secs(1));
+            }
+        }
         Ok(format!("down {:.1} s", t.elapsed().as_secs_f64()))
     }
 
