@@ -10,8 +10,9 @@
 # release mode, then runs benches/src/bin/soak.rs: 3 netns hosts with one pod
 # each on a real etcd (vxlan), every pod pinging every other 5 times a
 # second, one random disruption every 2-8 s. It stops by itself after
-# MINUTES, checks the fake leases' routes are gone and the pods still reach
-# each other, prints a report and a table of figures (kind "reference") and
+# MINUTES, checks that every host routes exactly the fake leases left in etcd
+# and drops them once they are deleted, and that the pods still reach each
+# other, prints a report and a table of figures (kind "reference") and
 # writes the whole report to target/soak-report.json. Exit status 1 if the
 # soak could not run or the check after it failed; lost pings are reported,
 # not judged.
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.." || exit 1
 . scripts/lib.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,17p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,18p' "$0"; exit 0 ;; esac
 [ $# -le 1 ] || { echo "usage: $0 [MINUTES]  (see --help)" >&2; exit 2; }
 MINUTES=${1:-10}
 [ "$(id -u)" = 0 ] || { echo "soak.sh needs root (network namespaces)" >&2; exit 1; }
