@@ -200,54 +200,8 @@ impl Pinger {
             .status();
         let _ = self.child.wait();
         let text = fs::read_to_string(&self.out).map_err(err)?;
-        let stats = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .ok_or_else(|| format!("no ping statistics in {}", self.out.display()))?;
-        let count = |word: &str| -> Res<u64> {
-            stats
-                .split(',')
-                .find_map(|part| {
-                    let mut w = part.split_whitespace();
-                    let n = w.next()?.parse().ok()?;
-                    w.any(|x| x == word).then_some(n)
-                })
-                .ok_or_else(|| format!("no {word:?} count in {stats:?}"))
-        };
-        let (sent, received) = (count("transmitted")?, count("received")?);
-        // seq -> reply time: "[1764264000.123456] 64 bytes from ...: icmp_seq=12 ..."
-        let mut replies: BTreeMap<u64, f64> = BTreeMap::new();
-        for l in text.lines().filter(|l| l.contains("bytes from")) {
-            let ts = l
-                .strip_prefix('[')
-                .and_then(|r| r.split_once(']'))
-                .and_then(|(t, _)| t.parse::<f64>().ok());
-            let seq = l
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("icmp_seq="))
-                .and_then(|s| s.parse::<u64>().ok());
-            if let (Some(ts), Some(seq)) = (ts, seq) {
-                replies.entry(seq).or_insert(ts);
-            }
-        }
-        // The last ping sent may still be in flight when ping stops.
-        let lost_at = (1..sent)
-            .filter(|s| !replies.contains_key(s))
-            .map(|s| {
-                // The send time from the nearest answered ping (replies take
-                // well under a millisecond here), or from the start.
-                let below = replies.range(..s).next_back();
-                let above = replies.range(s..).next();
-                let near = match (below, above) {
-                    (Some(b), Some(a)) => Some(if s - b.0 <= a.0 - s { b } else { a }),
-                    (b, a) => b.or(a),
-                };
-                match near {
-                    Some((&n, &t)) => t + (s as f64 - n as f64) * PING_INTERVAL,
-                    None => self.started + (s - 1) as f64 * PING_INTERVAL,
-                }
-            })
-            .collect();
+        let (sent, received, lost_at) =
+            parse_ping(&text, self.started).map_err(|e| format!("{}: {e}", self.out.display()))?;
         Ok(PingResult {
             from: self.from,
             to: self.to,
@@ -256,6 +210,61 @@ impl Pinger {
             lost_at,
         })
     }
+}
+
+/// Reads `ping -D -i 0.2` output: (sent, received, estimated send time of
+/// each ping that got no reply). `started` is when ping was started, for
+/// losses before the first reply.
+fn parse_ping(text: &str, started: f64) -> Res<(u64, u64, Vec<f64>)> {
+    let stats = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .ok_or("no ping statistics")?;
+    let count = |word: &str| -> Res<u64> {
+        stats
+            .split(',')
+            .find_map(|part| {
+                let mut w = part.split_whitespace();
+                let n = w.next()?.parse().ok()?;
+                w.any(|x| x == word).then_some(n)
+            })
+            .ok_or_else(|| format!("no {word:?} count in {stats:?}"))
+    };
+    let (sent, received) = (count("transmitted")?, count("received")?);
+    // seq -> reply time: "[1764264000.123456] 64 bytes from ...: icmp_seq=12 ..."
+    let mut replies: BTreeMap<u64, f64> = BTreeMap::new();
+    for l in text.lines().filter(|l| l.contains("bytes from")) {
+        let ts = l
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .and_then(|(t, _)| t.parse::<f64>().ok());
+        let seq = l
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("icmp_seq="))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let (Some(ts), Some(seq)) = (ts, seq) {
+            replies.entry(seq).or_insert(ts);
+        }
+    }
+    // The last ping sent may still be in flight when ping stops.
+    let lost_at: Vec<f64> = (1..sent)
+        .filter(|s| !replies.contains_key(s))
+        .map(|s| {
+            // The send time from the nearest answered ping (replies take
+            // well under a millisecond here), or from the start.
+            let below = replies.range(..s).next_back();
+            let above = replies.range(s..).next();
+            let near = match (below, above) {
+                (Some(b), Some(a)) => Some(if s - b.0 <= a.0 - s { b } else { a }),
+                (b, a) => b.or(a),
+            };
+            match near {
+                Some((&n, &t)) => t + (s as f64 - n as f64) * PING_INTERVAL,
+                None => started + (s - 1) as f64 * PING_INTERVAL,
+            }
+        })
+        .collect();
+    Ok((sent, received, lost_at))
 }
 
 impl Drop for Pinger {
@@ -951,4 +960,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("soak: seed {seed} (replay with --seed {seed}), {minutes} min");
     soak(minutes, seed, &report)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_pings_get_their_send_times() {
+        // seq 3 and 4 unanswered, 6 still in flight when ping stopped
+        let text = "PING 10.244.5.2 (10.244.5.2) 56(84) bytes of data.
+[100.000100] 64 bytes from 10.244.5.2: icmp_seq=1 ttl=63 time=0.1 ms
+[100.200100] 64 bytes from 10.244.5.2: icmp_seq=2 ttl=63 time=0.1 ms
+[100.800100] 64 bytes from 10.244.5.2: icmp_seq=5 ttl=63 time=0.1 ms
+[100.800200] 64 bytes from 10.244.5.2: icmp_seq=5 ttl=63 time=0.2 ms (DUP!)
+
+--- 10.244.5.2 ping statistics ---
+6 packets transmitted, 3 received, +1 duplicates, 50% packet loss, time 1000ms
+";
+        let (sent, received, lost) = parse_ping(text, 99.9).unwrap();
+        assert_eq!((sent, received), (6, 3));
+        assert_eq!(lost.len(), 2);
+        assert!((lost[0] - 100.4001).abs() < 1e-6, "{lost:?}");
+        assert!((lost[1] - 100.6001).abs() < 1e-6, "{lost:?}");
+        // nothing answered: times from the start
+        let text = "4 packets transmitted, 0 received, 100% packet loss, time 600ms\n";
+        let (_, _, lost) = parse_ping(text, 10.0).unwrap();
+        assert_eq!(lost.len(), 3);
+        assert!((lost[2] - 10.4).abs() < 1e-9, "{lost:?}");
+        assert!(parse_ping("", 0.0).is_err());
+    }
 }
