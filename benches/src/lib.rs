@@ -56,17 +56,23 @@ impl Figure {
         self.value / self.baseline
     }
 
-    /// One JSON object, for `target/bench-report.json`.
+    /// One JSON object, for `target/bench-report.json`. A ratio that is
+    /// not a number (a zero baseline) is `null`, which JSON can carry.
     pub fn to_json(&self) -> String {
+        let ratio = self.ratio();
+        let ratio = if ratio.is_finite() {
+            format!("{ratio:.3}")
+        } else {
+            "null".to_owned()
+        };
         format!(
-            r#"{{"name":"{}","kind":"{}","value":{:.3},"unit":"{}","baseline_name":"{}","baseline_value":{:.3},"ratio":{:.3}}}"#,
+            r#"{{"name":"{}","kind":"{}","value":{:.3},"unit":"{}","baseline_name":"{}","baseline_value":{:.3},"ratio":{ratio}}}"#,
             self.name,
             self.kind.as_str(),
             self.value,
             self.unit,
             self.baseline_name,
             self.baseline,
-            self.ratio()
         )
     }
 

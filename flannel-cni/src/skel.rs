@@ -7,7 +7,9 @@
 //!   it under `dataDir`, run the delegate with `CNI_COMMAND=ADD`, print its
 //!   result.
 //! * `DEL`: read the saved config back and run the delegate with
-//!   `CNI_COMMAND=DEL`; no saved config means nothing to do (success).
+//!   `CNI_COMMAND=DEL`, then remove the saved config; no saved config means
+//!   nothing to do (success). A failed delegate DEL keeps the saved config,
+//!   so a retried DEL reaches the delegate again.
 //! * `CHECK`, `GC`, `STATUS`: version checks only, as upstream.
 //! * `VERSION`: the supported versions.
 //!
@@ -504,13 +506,16 @@ fn cmd_del(args: &CmdArgs, io: &mut Streams<'_>) -> Result<(), CniError> {
             return Ok(());
         }
     };
-    let result = delegate::find_in_path(&saved_conf.plugin_type, &args.path)
+    delegate::find_in_path(&saved_conf.plugin_type, &args.path)
         .map_err(CniError::internal)
-        .and_then(|plugin| delegate::exec_plugin(&plugin, "DEL", &saved, io.stderr).map(drop));
-    // Upstream (Linux) removes the file whether or not the delegate's DEL
-    // succeeded, so a retried DEL succeeds without calling it again.
+        .and_then(|plugin| delegate::exec_plugin(&plugin, "DEL", &saved, io.stderr))?;
+    // The saved config goes only once the delegate's DEL succeeded: the
+    // runtime retries a failed DEL, and without the config that retry could
+    // not reach the delegate, leaving the pod's veth and its host-local
+    // address behind. Upstream's Linux build removes it even after a failed
+    // DEL (its Windows build keeps it, as here).
     store::remove(&conf.data_dir, &args.container_id);
-    result
+    Ok(())
 }
 
 #[cfg(test)]
@@ -771,15 +776,17 @@ mod tests {
             "failed to parse netconf: invalid character 'g' looking for beginning of value"
         );
         assert!(dir.path().join("c1").exists());
-        // a delegate that cannot be found: error, and the file is gone
+        // a delegate that cannot be found: error, and the file is kept for
+        // a retried DEL, which fails the same way until the plugin is there
         std::fs::write(dir.path().join("c1"), r#"{"name":"n","type":"bridge"}"#).unwrap();
-        let out = invoke(&vars, &conf);
-        assert_eq!(
-            cni_error(&out).1,
-            "failed to find plugin \"bridge\" in path [/nonexistent]"
-        );
-        assert!(!dir.path().join("c1").exists());
-        assert_eq!(invoke(&vars, &conf).code, 0);
+        for _ in 0..2 {
+            let out = invoke(&vars, &conf);
+            assert_eq!(
+                cni_error(&out).1,
+                "failed to find plugin \"bridge\" in path [/nonexistent]"
+            );
+            assert!(dir.path().join("c1").exists());
+        }
     }
 
     #[test]

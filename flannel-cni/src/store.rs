@@ -1,6 +1,7 @@
 //! The saved delegate configs: `<dataDir>/<containerID>`, written on ADD and
-//! read back (then removed) on DEL, so DEL needs neither `subnet.env` nor the
-//! config that was current at ADD time.
+//! read back on DEL (removed once the delegate's DEL succeeded, so a retried
+//! DEL can still clean up), so DEL needs neither `subnet.env` nor the config
+//! that was current at ADD time.
 //!
 //! Writes are atomic (a hidden temporary file in the same directory, fsynced,
 //! then renamed), mode 0600, in a directory created with mode 0700. The
@@ -77,7 +78,8 @@ pub fn read(data_dir: &str, container_id: &str) -> Result<Option<Vec<u8>>, PathE
     Ok(Some(buf))
 }
 
-/// Removes the saved config; errors are ignored, as upstream does during DEL.
+/// Removes the saved config (after a successful DEL); errors are ignored, as
+/// upstream does: the entry is only a cleanup aid by then.
 pub fn remove(data_dir: &str, container_id: &str) {
     let _ = fs::remove_file(entry_path(data_dir, container_id));
 }

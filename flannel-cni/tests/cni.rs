@@ -361,3 +361,80 @@ fn dual_stack_add_del_with_stock_delegate() {
     assert_eq!(ok(&del, "DEL"), Value::Null);
     assert_torn_down(&c, cid);
 }
+
+/// The addresses host-local still holds for `network` in `ipam_dir`: one
+/// file per address (`10.244.7.2`), beside its `last_reserved_ip.*` and
+/// `lock` files.
+fn reservations(ipam_dir: &str, network: &str) -> Vec<String> {
+    let dir = Path::new(ipam_dir).join(network);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut ips: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    ips.sort();
+    ips
+}
+
+/// A DEL whose delegate fails (host-local cannot open its data directory,
+/// so the real `bridge` reports the IPAM error) keeps the saved config; the
+/// runtime's retry, once host-local works again, then removes the pod's
+/// interface and releases its address. Without the saved config the retry
+/// would succeed without reaching the delegate and leak both.
+#[test]
+fn failed_del_is_retried_through_the_saved_config() {
+    let c = setup(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        "1.0.0",
+        "",
+    );
+    let network = format!("fcni{}", std::process::id());
+    let cid = "fcni-retry-container";
+    let result = ok(&plugin(&c.host, &c.pod, "ADD", cid, &c.config), "ADD");
+    let addr = result["ips"][0]["address"].as_str().unwrap().to_string();
+    let ip = addr.split('/').next().unwrap().to_string();
+    assert_eq!(reservations(&c.ipam_dir, &network), vec![ip.clone()]);
+    let saved_path = Path::new(&c.data_dir).join(cid);
+    let saved = std::fs::read_to_string(&saved_path).unwrap();
+
+    // Break host-local: its data directory becomes a regular file, so it
+    // cannot create `<dataDir>/<network>` (root ignores permission bits,
+    // so a chmod would not do).
+    let away = format!("{}.away", c.ipam_dir);
+    std::fs::rename(&c.ipam_dir, &away).unwrap();
+    std::fs::write(&c.ipam_dir, "not a directory").unwrap();
+    let first = plugin(&c.host, &c.pod, "DEL", cid, &c.config);
+    assert_eq!(
+        first.code, 1,
+        "DEL with a broken host-local must fail\nstdout: {}\nstderr: {}",
+        first.stdout, first.stderr
+    );
+    let err: Value = serde_json::from_str(&first.stdout).unwrap();
+    assert!(
+        err["msg"].as_str().unwrap().contains("not a directory"),
+        "the delegate's error is passed up: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&saved_path).ok(),
+        Some(saved),
+        "the saved delegate config must survive a failed DEL"
+    );
+    // The address is still reserved (in the directory moved away).
+    assert_eq!(reservations(&away, &network), vec![ip.clone()]);
+
+    // host-local works again; the runtime retries the DEL.
+    std::fs::remove_file(&c.ipam_dir).unwrap();
+    std::fs::rename(&away, &c.ipam_dir).unwrap();
+    let retry = plugin(&c.host, &c.pod, "DEL", cid, &c.config);
+    assert_eq!(ok(&retry, "retried DEL"), Value::Null);
+    assert_eq!(
+        reservations(&c.ipam_dir, &network),
+        Vec::<String>::new(),
+        "host-local still holds {ip} after the retried DEL"
+    );
+    // no eth0 in the pod, no veth on the host, no saved config; DEL again
+    // succeeds
+    assert_torn_down(&c, cid);
+}

@@ -210,12 +210,64 @@ fn delegate_errors_pass_through_unchanged() {
         json!({"code": 999, "msg": format!("failed to delegate add: failed to find plugin \"macvlan\" in path [/nonexistent {}]", s.path("bin").display())})
     );
 
-    // DEL reports the delegate's error, and (as upstream on Linux) drops the file
+    // DEL reports the delegate's error unchanged and keeps the file, so
+    // the runtime's retry reaches the delegate again
     assert_eq!(s.run("ADD", "/nonexistent", &s.config("")).code, 1);
-    let del = s.run("DEL", "", &s.config(""));
-    assert_eq!(del.code, 1);
-    assert!(del.stdout.contains("\"code\": 11"), "{}", del.stdout);
+    let saved = std::fs::read(s.path("data/ctr-1.a_b")).unwrap();
+    for _ in 0..2 {
+        let del = s.run("DEL", "", &s.config(""));
+        assert_eq!(del.code, 1);
+        assert!(del.stdout.contains("\"code\": 11"), "{}", del.stdout);
+        assert_eq!(std::fs::read(s.path("data/ctr-1.a_b")).unwrap(), saved);
+    }
+}
+
+/// A delegate whose first DEL fails (a CNI error on stdout, as a real
+/// plugin reports one) and whose later DELs succeed, counting its calls.
+const BRIDGE_FAILING_FIRST_DEL: &str = r#"cat > "$RECORD.stdin.$CNI_COMMAND"
+echo x >> "$RECORD.calls.$CNI_COMMAND"
+if [ "$CNI_COMMAND" = DEL ] && [ "$(wc -l < "$RECORD.calls.DEL")" -eq 1 ]; then
+  printf '{"cniVersion":"0.3.1","code":11,"msg":"device busy, try again"}'
+  exit 1
+fi
+if [ "$CNI_COMMAND" = ADD ]; then
+  printf '{"cniVersion":"0.3.1","ips":[],"dns":{}}'
+fi"#;
+
+#[test]
+fn a_failed_del_keeps_the_saved_config_until_a_retry_succeeds() {
+    let s = Setup::new(&[("bridge", BRIDGE_FAILING_FIRST_DEL)]);
+    let add = s.run("ADD", "/nonexistent/netns", &s.config(""));
+    assert_eq!(add.code, 0, "{} {}", add.stdout, add.stderr);
+    let saved = std::fs::read_to_string(s.path("data/ctr-1.a_b")).unwrap();
+
+    let first = s.run("DEL", "", &s.config(""));
+    assert_eq!(first.code, 1, "the first DEL must fail: {}", first.stdout);
+    let v: Value = serde_json::from_str(&first.stdout).unwrap();
+    assert_eq!(v, json!({"code": 11, "msg": "device busy, try again"}));
+    assert_eq!(
+        std::fs::read_to_string(s.path("data/ctr-1.a_b")).unwrap(),
+        saved,
+        "the saved config must survive a failed DEL"
+    );
+
+    // the retry gives the delegate the same config, and only its success
+    // removes the file
+    let retry = s.run("DEL", "", &s.config(""));
+    assert_eq!(
+        (retry.code, retry.stdout.as_str()),
+        (0, ""),
+        "{}",
+        retry.stderr
+    );
+    assert_eq!(s.record("stdin.DEL").unwrap(), saved);
+    assert_eq!(s.record("calls.DEL").unwrap().lines().count(), 2);
     assert!(!s.path("data/ctr-1.a_b").exists());
+
+    // idempotent: a third DEL succeeds without calling the delegate
+    let again = s.run("DEL", "", &s.config(""));
+    assert_eq!((again.code, again.stdout.as_str()), (0, ""));
+    assert_eq!(s.record("calls.DEL").unwrap().lines().count(), 2);
 }
 
 #[test]
