@@ -1311,6 +1311,20 @@ pub fn http_get(ns: &NetNs, addr: SocketAddr, path: &str) -> std::io::Result<(u1
     })
 }
 
+/// `(transmitted, received)` from the statistics line of `ping`'s output
+/// (`N packets transmitted, M received, …`), if it has one.
+pub fn ping_counts(output: &str) -> Option<(u64, u64)> {
+    let stats = output.lines().find(|l| l.contains("packets transmitted"))?;
+    let count = |word: &str| -> Option<u64> {
+        stats.split(',').find_map(|part| {
+            let mut w = part.split_whitespace();
+            let n = w.next()?.parse().ok()?;
+            w.any(|x| x == word).then_some(n)
+        })
+    };
+    Some((count("transmitted")?, count("received")?))
+}
+
 /// The value of the unlabelled sample `name` in a Prometheus text
 /// exposition (flanneld's `/metrics`), if present.
 pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {

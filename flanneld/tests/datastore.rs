@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, PREFIX, env_value, http_get, v4_subnet, wait_until,
+    Backing, CONVERGE, Cluster, PREFIX, env_value, http_get, ping_counts, v4_subnet, wait_until,
 };
 use flannel_testutil::netns::NetNs;
 
@@ -104,21 +104,7 @@ impl Pinger {
             .status();
         let _ = self.child.wait();
         let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let stats = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("no ping statistics in:\n{text}"));
-        let num = |word: &str| -> u64 {
-            stats
-                .split(',')
-                .find_map(|part| {
-                    let mut w = part.split_whitespace();
-                    let n = w.next()?.parse().ok()?;
-                    w.any(|x| x == word).then_some(n)
-                })
-                .unwrap_or_else(|| panic!("no {word:?} count in {stats:?}"))
-        };
-        (num("transmitted"), num("received"))
+        ping_counts(&text).unwrap_or_else(|| panic!("no ping statistics in:\n{text}"))
     }
 }
 

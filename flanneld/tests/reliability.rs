@@ -17,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, env_value, http_get, link_mac, ping, v4_subnet, wait_until,
+    Backing, CONVERGE, Cluster, env_value, http_get, link_mac, ping, ping_counts, v4_subnet,
+    wait_until,
 };
 use flannel_testutil::netns::NetNs;
 
@@ -254,22 +255,8 @@ impl Pinger {
             .status();
         let _ = self.child.wait();
         let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let stats = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("no ping statistics in:\n{text}"));
-        // "N packets transmitted, M received, ..."
-        let num = |word: &str| -> u64 {
-            stats
-                .split(',')
-                .find_map(|part| {
-                    let mut w = part.split_whitespace();
-                    let n = w.next()?.parse().ok()?;
-                    w.any(|x| x == word).then_some(n)
-                })
-                .unwrap_or_else(|| panic!("no {word:?} count in {stats:?}"))
-        };
-        let (transmitted, received) = (num("transmitted"), num("received"));
+        let (transmitted, received) =
+            ping_counts(&text).unwrap_or_else(|| panic!("no ping statistics in:\n{text}"));
         let mut seen = std::collections::BTreeSet::new();
         for l in text.lines().filter(|l| l.contains("bytes from")) {
             if let Some(seq) = l

@@ -38,7 +38,7 @@
 //! `scripts/soak.sh [MINUTES]` builds and runs it.
 
 use flannel_benches::{Figure, Kind, Res, err, flanneld_bin};
-use flannel_testutil::cluster::{Backing, Cluster, wait_until};
+use flannel_testutil::cluster::{Backing, Cluster, ping_counts, wait_until};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -216,21 +216,7 @@ impl Pinger {
 /// each ping that got no reply). `started` is when ping was started, for
 /// losses before the first reply.
 fn parse_ping(text: &str, started: f64) -> Res<(u64, u64, Vec<f64>)> {
-    let stats = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .ok_or("no ping statistics")?;
-    let count = |word: &str| -> Res<u64> {
-        stats
-            .split(',')
-            .find_map(|part| {
-                let mut w = part.split_whitespace();
-                let n = w.next()?.parse().ok()?;
-                w.any(|x| x == word).then_some(n)
-            })
-            .ok_or_else(|| format!("no {word:?} count in {stats:?}"))
-    };
-    let (sent, received) = (count("transmitted")?, count("received")?);
+    let (sent, received) = ping_counts(text).ok_or("no ping statistics")?;
     // seq -> reply time: "[1764264000.123456] 64 bytes from ...: icmp_seq=12 ..."
     let mut replies: BTreeMap<u64, f64> = BTreeMap::new();
     for l in text.lines().filter(|l| l.contains("bytes from")) {
