@@ -409,7 +409,18 @@ pub struct EtcdStore {
     config_key: String,
     /// `<prefix>/subnets/` (with the trailing slash: the listing range).
     subnets_dir: String,
+    /// Bad kvs already warned about, by (key, modification revision): a
+    /// re-list does not repeat the warning, a new value of the key does.
+    warned: Arc<Mutex<std::collections::HashSet<WarnedKv>>>,
 }
+
+/// A bad kv warned about: (key bytes, modification revision).
+type WarnedKv = (Vec<u8>, i64);
+
+/// At most this many bad kvs are remembered; past it the memory is
+/// cleared (and each is warned about once more), so hostile churn cannot
+/// grow it without bound.
+const WARNED_MAX: usize = 10_000;
 
 impl fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -523,6 +534,7 @@ impl EtcdStore {
                     client,
                     config_key,
                     subnets_dir: join_key(&[prefix, "subnets"]) + "/",
+                    warned: Arc::default(),
                 })
             }
         }
@@ -677,24 +689,41 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Decodes one lease kv; `None` (with a warning) for a key or value that
-    /// is not flannel's. `expiration` is computed by the caller.
+    /// Logs `message` for `kv` unless this very kv (key and modification
+    /// revision) was warned about before.
+    fn warn_once(&self, kv: &KeyValue, message: impl FnOnce() -> String) {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.len() >= WARNED_MAX {
+            warned.clear();
+        }
+        if warned.insert((kv.key().to_vec(), kv.mod_revision())) {
+            warn!("{}", message());
+        }
+    }
+
+    /// Decodes one lease kv; `None` (with a warning, once per kv) for a key
+    /// or value that is not flannel's. `expiration` is computed by the
+    /// caller.
     fn decode(&self, kv: &KeyValue, expiration: Option<SystemTime>) -> Option<Lease> {
         let key = self.decode_key(kv)?;
         let value = match kv.value_str() {
             Ok(v) => v,
             Err(e) => {
-                warn!(
-                    "ignoring bad subnet node {}: value is not UTF-8: {e}",
-                    key_text(kv)
-                );
+                self.warn_once(kv, || {
+                    format!(
+                        "ignoring bad subnet node {}: value is not UTF-8: {e}",
+                        key_text(kv)
+                    )
+                });
                 return None;
             }
         };
         let attrs = match LeaseAttrs::from_json(value) {
             Ok(a) => a,
             Err(e) => {
-                warn!("ignoring bad subnet node {}: {e}", key_text(kv));
+                self.warn_once(kv, || {
+                    format!("ignoring bad subnet node {}: {e}", key_text(kv))
+                });
                 return None;
             }
         };
@@ -707,20 +736,24 @@ impl EtcdStore {
     fn decode_key(&self, kv: &KeyValue) -> Option<SubnetKey> {
         let text = key_text(kv);
         let Some(name) = text.strip_prefix(&self.subnets_dir) else {
-            warn!(
-                "ignoring bad subnet key {text}: not under {}",
-                self.subnets_dir
-            );
+            self.warn_once(kv, || {
+                format!(
+                    "ignoring bad subnet key {text}: not under {}",
+                    self.subnets_dir
+                )
+            });
             return None;
         };
         if name.contains('/') {
-            warn!("ignoring bad subnet key {text}: nested path");
+            self.warn_once(kv, || {
+                format!("ignoring bad subnet key {text}: nested path")
+            });
             return None;
         }
         match name.parse::<SubnetKey>() {
             Ok(k) => Some(k),
             Err(e) => {
-                warn!("ignoring bad subnet key {text}: {e}");
+                self.warn_once(kv, || format!("ignoring bad subnet key {text}: {e}"));
                 None
             }
         }

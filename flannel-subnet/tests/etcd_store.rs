@@ -656,3 +656,62 @@ async fn list_pages_past_the_grpc_message_limit() {
         .unwrap();
     assert!(matches!(&batch.events[..], [StoreEvent::Put(l)] if l.key() == key("10.250.0.0-24")));
 }
+
+/// Log lines written while a test runs (a `tracing` writer).
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_bad_value_is_warned_about_once_until_it_changes() {
+    let out = Lines::default();
+    let writer = out.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let srv = etcd();
+    let store = store(&srv).await;
+    let mut c = raw(&store);
+    c.put(format!("{SUBNETS}10.5.2.0-24"), "not json", None)
+        .await
+        .unwrap();
+    c.put(format!("{SUBNETS}garbage"), GO_VXLAN, None)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        store.list().await.unwrap();
+    }
+    let count = |what: &str| {
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().filter(|l| l.contains(what)).count()
+    };
+    assert_eq!(
+        count("ignoring bad subnet node"),
+        1,
+        "five re-lists, one warning"
+    );
+    assert_eq!(
+        count("ignoring bad subnet key"),
+        1,
+        "five re-lists, one warning"
+    );
+    // A new bad value of the same key is news.
+    c.put(format!("{SUBNETS}10.5.2.0-24"), "{", None)
+        .await
+        .unwrap();
+    store.list().await.unwrap();
+    store.list().await.unwrap();
+    assert_eq!(count("ignoring bad subnet node"), 2);
+}
