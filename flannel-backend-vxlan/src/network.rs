@@ -115,9 +115,10 @@ impl Device {
             } else {
                 r.update(set, want).await
             };
-            res.unwrap_or_else(|e| {
-                errors.push(e);
-                SyncReport::default()
+            // A failed pass still reports what it did.
+            res.unwrap_or_else(|f| {
+                errors.push(f.error);
+                f.report
             })
         }
         let index = self.view.index;

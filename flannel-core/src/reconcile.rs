@@ -192,6 +192,24 @@ impl SyncReport {
     }
 }
 
+/// A pass that did only part of its work: what it did, and why the rest
+/// failed. Converts into the [`BackendError`] (so `?` works in a backend),
+/// while a caller that reports what was repaired can still count it.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SyncFailure {
+    /// What the pass did before and besides the failures.
+    pub report: SyncReport,
+    /// The failures (several are a [`BackendError::Many`]).
+    pub error: BackendError,
+}
+
+impl From<SyncFailure> for BackendError {
+    fn from(f: SyncFailure) -> BackendError {
+        f.error
+    }
+}
+
 /// Keeps one [`ObjectSet`] at the desired state (see the module docs).
 #[derive(Debug)]
 pub struct Reconciler<T: Object> {
@@ -225,7 +243,7 @@ impl<T: Object> Reconciler<T> {
         &mut self,
         set: &dyn ObjectSet<T>,
         desired: &[T],
-    ) -> Result<SyncReport, BackendError> {
+    ) -> Result<SyncReport, SyncFailure> {
         let applied: Vec<T> = self.applied.values().cloned().collect();
         // What we applied is ours by definition.
         let p = plan(desired, &applied, |_| true);
@@ -238,8 +256,11 @@ impl<T: Object> Reconciler<T> {
         &mut self,
         set: &dyn ObjectSet<T>,
         desired: &[T],
-    ) -> Result<SyncReport, BackendError> {
-        let actual = set.list().await?;
+    ) -> Result<SyncReport, SyncFailure> {
+        let actual = set.list().await.map_err(|error| SyncFailure {
+            report: SyncReport::default(),
+            error,
+        })?;
         let p = plan(desired, &actual, |o| set.owned(o));
         // Rebuild the memory from the listing: what exists and is desired.
         self.applied.clear();
@@ -258,7 +279,7 @@ impl<T: Object> Reconciler<T> {
         &mut self,
         set: &dyn ObjectSet<T>,
         p: Plan<T>,
-    ) -> Result<SyncReport, BackendError> {
+    ) -> Result<SyncReport, SyncFailure> {
         let mut report = SyncReport::default();
         let mut errors = Vec::new();
         let blocked_now: BTreeSet<T::Key> = p.blocked.iter().map(|(_, d)| d.key()).collect();
@@ -299,7 +320,10 @@ impl<T: Object> Reconciler<T> {
                 Err(e) => errors.push(e),
             }
         }
-        BackendError::collect(errors).map(|()| report)
+        match BackendError::collect(errors) {
+            Ok(()) => Ok(report),
+            Err(error) => Err(SyncFailure { report, error }),
+        }
     }
 }
 
@@ -427,6 +451,7 @@ mod tests {
         let mut r = Reconciler::new();
         let e = block_on(r.update(&store, &[o(1, 1), o(2, 2)])).unwrap_err();
         assert_eq!(e.to_string(), "obj 2=2: injected");
+        assert_eq!(e.report.added, 1, "what the pass did is still counted");
         store.fail.lock().unwrap().clear();
         let rep = block_on(r.update(&store, &[o(1, 1), o(2, 2)])).unwrap();
         assert_eq!(rep.added, 1, "only the failed object is retried");

@@ -221,11 +221,16 @@ impl Network for RouteNetwork {
 
     async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError> {
         let desired = self.desired(leases);
-        let report = self.reconciler.resync(&self.set, &desired).await;
-        if let Ok(r) = &report {
-            self.report("resync", r);
+        match self.reconciler.resync(&self.set, &desired).await {
+            Ok(r) => {
+                self.report("resync", &r);
+                Ok(())
+            }
+            Err(f) => {
+                self.report("resync", &f.report);
+                Err(f.error)
+            }
         }
-        report.map(|_| ())
     }
 
     fn resync_interval(&self) -> Option<Duration> {
