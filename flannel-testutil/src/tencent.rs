@@ -92,8 +92,22 @@ impl FakeTencent {
         secret_id: &str,
         secret_key: &str,
     ) -> std::io::Result<FakeTencent> {
-        let listener = TcpListener::bind(bind)?;
+        FakeTencent::serve_on(TcpListener::bind(bind)?, secret_id, secret_key)
+    }
+
+    /// Serves on `listener`, which may belong to another network namespace
+    /// (bind it on a thread inside the namespace with
+    /// [`NetNs::run`](crate::netns::NetNs::run), then hand it here): the
+    /// fake is then reachable from that namespace's hosts.
+    pub fn serve_on(
+        listener: TcpListener,
+        secret_id: &str,
+        secret_key: &str,
+    ) -> std::io::Result<FakeTencent> {
         let addr = listener.local_addr()?;
+        // Polled, so that dropping the fake needs no connection to itself
+        // (which may be unreachable from the test's namespace).
+        listener.set_nonblocking(true)?;
         let state = Arc::new(Mutex::new(State {
             next_id: 1000,
             ..State::default()
@@ -104,13 +118,14 @@ impl FakeTencent {
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if sp.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(c) = conn {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-                    let _ = serve(c, &st);
+            while !sp.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                        let _ = serve(c, &st);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
@@ -195,8 +210,6 @@ impl FakeTencent {
 impl Drop for FakeTencent {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
