@@ -238,4 +238,31 @@ mod tests {
         );
         assert!(BaseUrl::parse("ftp://x").is_err());
     }
+
+    #[tokio::test]
+    async fn https_goes_through_tls_and_errors_name_the_url() {
+        // A server that answers TLS with plain HTTP: the handshake must fail
+        // (so TLS was attempted, with the system CA bundle loaded), and the
+        // error names the URL.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 512];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        });
+        let base = BaseUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap();
+        let e = send(&base, "POST", "/", &[], b"{}".to_vec())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("https://127.0.0.1:{port}/: ")),
+            "{e}"
+        );
+        assert!(!e.contains("no CA certificate bundle"), "{e}");
+        server.join().unwrap();
+    }
 }
