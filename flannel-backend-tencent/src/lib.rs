@@ -67,12 +67,6 @@ pub struct TencentOptions {
     pub access_key_secret: Secret,
 }
 
-impl Default for Secret {
-    fn default() -> Self {
-        Secret::new("")
-    }
-}
-
 fn config_error(reason: String) -> BackendError {
     BackendError::Config {
         backend: TYPE,

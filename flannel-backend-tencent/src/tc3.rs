@@ -18,7 +18,7 @@ pub const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// A secret value (a `SecretKey`): `Debug` and `Display` print `***`, so it
 /// cannot reach a log line or an error by accident.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
 impl Secret {
