@@ -471,6 +471,7 @@ pub struct Cluster {
     pub dir: TempDir,
     name: String,
     flanneld: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -556,6 +557,7 @@ impl Cluster {
             dir,
             name: name.to_owned(),
             flanneld,
+            env: Vec::new(),
         };
         c.store_network(first);
         c
@@ -779,8 +781,16 @@ impl Cluster {
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn ip netns exec flanneld");
         *self.slot(net, i) = Some(Daemon { child });
+    }
+
+    /// Sets an environment variable for every flanneld started from now on
+    /// (`TENCENTCLOUD_VPC_ENDPOINT`, `ACCESS_KEY_ID`, …).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Starts flanneld on every host with no extra flags ([`Net::FIRST`]).

@@ -14,7 +14,7 @@
 //! Nothing here is meant for production code; this crate is `publish = false`.
 //!
 //! Features: `cluster` (off by default) adds the `cluster` module; it
-//! pulls in `etcd-client` and `tokio`.
+//! pulls in `etcd-client` and `tokio`; `tencent` adds fakes of Tencent Cloud's VPC API and metadata service (`tencent` module).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +23,8 @@ use std::time::Duration;
 pub mod cluster;
 pub mod etcd;
 pub mod netns;
+#[cfg(feature = "tencent")]
+pub mod tencent;
 
 /// Errors returned by the test utilities.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,8 @@ pub fn create(backend_type: &str) -> Result<Box<dyn Backend>> {
         flannel_backend_hostgw::TYPE => Ok(Box::new(flannel_backend_hostgw::HostGwBackend)),
         #[cfg(feature = "alloc")]
         flannel_backend_alloc::TYPE => Ok(Box::new(flannel_backend_alloc::AllocBackend)),
+        #[cfg(feature = "tencent-vpc")]
+        flannel_backend_tencent::TYPE => Ok(Box::new(flannel_backend_tencent::TencentBackend)),
         t if BACKEND_TYPES.contains(&t) => bail!(
             "backend type {t} is not built into this flanneld (built in: {}){}",
             built_in().join(", "),
@@ -34,6 +36,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("vxlan", cfg!(feature = "vxlan")),
     ("host-gw", cfg!(feature = "host-gw")),
     ("alloc", cfg!(feature = "alloc")),
+    ("tencent-vpc", cfg!(feature = "tencent-vpc")),
 ];
 
 /// The backend types compiled into this binary.
