@@ -1321,6 +1321,50 @@ pub fn http_get(ns: &NetNs, addr: SocketAddr, path: &str) -> std::io::Result<(u1
     })
 }
 
+/// A continuous `ping -n -i 0.1` from inside a namespace, its output in a
+/// file; [`Pinger::stop`] interrupts it (so it prints its statistics) and
+/// returns the output. Dropped without `stop`, it is killed.
+#[derive(Debug)]
+pub struct Pinger {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Pinger {
+    /// Starts pinging `dst` from `from`, writing ping's output to `out`.
+    pub fn start(from: &NetNs, dst: IpAddr, out: &Path) -> Pinger {
+        let file = std::fs::File::create(out).expect("ping output file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", from.name(), "ping", "-n", "-i", "0.1"])
+            .arg(dst.to_string())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn ping (iputils-ping, iproute2)");
+        Pinger {
+            child,
+            out: out.to_owned(),
+        }
+    }
+
+    /// Interrupts ping (SIGINT) and returns its whole output.
+    pub fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `(transmitted, received)` from the statistics line of `ping`'s output
 /// (`N packets transmitted, M received, …`), if it has one.
 pub fn ping_counts(output: &str) -> Option<(u64, u64)> {

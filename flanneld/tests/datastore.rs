@@ -9,15 +9,13 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, PREFIX, env_value, http_get, ping_counts, v4_subnet, wait_until,
+    Backing, CONVERGE, Cluster, PREFIX, Pinger, env_value, http_get, ping_counts, v4_subnet,
+    wait_until,
 };
-use flannel_testutil::netns::NetNs;
 
 const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
 const VXLAN_CONFIG: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -72,47 +70,6 @@ fn put_config(c: &Cluster) {
             .await
             .expect("put the network config");
     });
-}
-
-/// Continuous `ping -i 0.1` from a pod.
-struct Pinger {
-    child: Child,
-    out: std::path::PathBuf,
-}
-
-impl Pinger {
-    fn start(from: &NetNs, dst: IpAddr, out: &Path) -> Pinger {
-        let file = fs::File::create(out).expect("ping output file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", from.name(), "ping", "-n", "-i", "0.1"])
-            .arg(dst.to_string())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn ping");
-        Pinger {
-            child,
-            out: out.to_owned(),
-        }
-    }
-
-    /// (transmitted, received).
-    fn stop(mut self) -> (u64, u64) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        ping_counts(&text).unwrap_or_else(|| panic!("no ping statistics in:\n{text}"))
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// etcd stopped, its data directory wiped and started again on the same
@@ -251,7 +208,9 @@ fn etcd_rebuilt_empty_is_noticed_and_leases_reasserted() {
     );
     c.add_pod(3);
     c.ping_all_pairs(false);
-    let (sent, got) = pinger.stop();
+    let text = pinger.stop();
+    let (sent, got) =
+        ping_counts(&text).unwrap_or_else(|| panic!("no ping statistics in:\n{text}"));
     eprintln!(
         "etcd rebuilt: config back {:.1} s after the restart; ready again after {:?} \
          (all {:.2} s); new node's route on every old node within {:.2} s; \

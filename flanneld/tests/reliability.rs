@@ -10,17 +10,15 @@
 //! (`--nocapture` shows the measured figures).
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, env_value, http_get, link_mac, ping, ping_counts, v4_subnet,
-    wait_until,
+    Backing, CONVERGE, Cluster, Pinger, env_value, http_get, link_mac, ping, ping_counts,
+    v4_subnet, wait_until,
 };
-use flannel_testutil::netns::NetNs;
 
 /// The daemon under test.
 const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
@@ -216,12 +214,6 @@ fn vtep_state(c: &Cluster, i: usize, net: &str, mac: &str) -> Result<(), String>
     }
 }
 
-/// Continuous `ping -i 0.1` from a pod; [`Pinger::stop`] reports the figures.
-struct Pinger {
-    child: Child,
-    out: PathBuf,
-}
-
 /// What one continuous ping saw.
 #[derive(Debug)]
 struct PingReport {
@@ -232,54 +224,25 @@ struct PingReport {
     missing: Vec<u64>,
 }
 
-impl Pinger {
-    fn start(from: &NetNs, dst: Ipv4Addr, out: &Path) -> Pinger {
-        let file = fs::File::create(out).expect("ping output file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", from.name(), "ping", "-n", "-i", "0.1"])
-            .arg(dst.to_string())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn ping");
-        Pinger {
-            child,
-            out: out.to_owned(),
+/// The figures of a continuous ping's output.
+fn ping_report(text: &str) -> PingReport {
+    let (transmitted, received) =
+        ping_counts(text).unwrap_or_else(|| panic!("no ping statistics in:\n{text}"));
+    let mut seen = std::collections::BTreeSet::new();
+    for l in text.lines().filter(|l| l.contains("bytes from")) {
+        if let Some(seq) = l
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("icmp_seq="))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            seen.insert(seq);
         }
     }
-
-    fn stop(mut self) -> PingReport {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let (transmitted, received) =
-            ping_counts(&text).unwrap_or_else(|| panic!("no ping statistics in:\n{text}"));
-        let mut seen = std::collections::BTreeSet::new();
-        for l in text.lines().filter(|l| l.contains("bytes from")) {
-            if let Some(seq) = l
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("icmp_seq="))
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                seen.insert(seq);
-            }
-        }
-        let missing = (1..transmitted).filter(|s| !seen.contains(s)).collect();
-        PingReport {
-            transmitted,
-            received,
-            missing,
-        }
-    }
-}
-
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    let missing = (1..transmitted).filter(|s| !seen.contains(s)).collect();
+    PingReport {
+        transmitted,
+        received,
+        missing,
     }
 }
 
@@ -333,7 +296,11 @@ fn etcd_outage_under_traffic() {
         );
     }
 
-    let pinger = Pinger::start(&c.pod(0).ns, c.pod(1).v4, &c.dir.path().join("ping.out"));
+    let pinger = Pinger::start(
+        &c.pod(0).ns,
+        IpAddr::V4(c.pod(1).v4),
+        &c.dir.path().join("ping.out"),
+    );
     thread::sleep(Duration::from_secs(2));
 
     // ---- the outage
@@ -445,7 +412,7 @@ fn etcd_outage_under_traffic() {
             .unwrap_or_else(|e| panic!("pod {} -> pod {} after the join: {e}", from + 1, to + 1));
     }
     thread::sleep(Duration::from_secs(1));
-    let report = pinger.stop();
+    let report = ping_report(&pinger.stop());
 
     // ---- report, then assert
     eprintln!(
