@@ -7,8 +7,8 @@ use flannel_core::config::NetConfig;
 use flannel_core::key::SubnetKey;
 use flannel_core::lease::Lease;
 use flannel_core::manager::{AcquireRequest, LeaseStream, ManagerError, SubnetManager};
+use flannel_testutil::logs::Logs;
 use flannel_testutil::tencent::{FakeTencent, ROUTE_LIMIT};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const ID: &str = "AKIDflanneltest0001";
@@ -102,33 +102,6 @@ fn own_routes(fake: &FakeTencent) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-/// Captures log output of the current thread.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let w = self.clone();
-        tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_writer(move || w.clone())
-                .finish(),
-        )
-    }
-}
-
 #[tokio::test]
 async fn creates_restores_and_replaces_its_route() {
     let fake = FakeTencent::start(ID, SECRET).unwrap();
@@ -190,7 +163,7 @@ async fn the_51st_route_fails_with_the_apis_error() {
         fake.insert_route(&format!("10.6.{i}.0/24"), &format!("192.168.1.{i}"), true);
     }
     let logs = Logs::default();
-    let _guard = logs.install();
+    let _guard = logs.install(tracing::Level::TRACE);
     let mut net = register(&config(&with_options()), &host(&fake, &[]))
         .await
         .unwrap();
@@ -226,7 +199,7 @@ async fn credentials_from_the_environment_and_their_absence() {
         ("ACCESS_KEY_SECRET", "not-the-secret"),
     ];
     let logs = Logs::default();
-    let _guard = logs.install();
+    let _guard = logs.install(tracing::Level::TRACE);
     let mut net = register(&bare, &host(&fake, &wrong)).await.unwrap();
     let e = net.resync(&[]).await.unwrap_err().to_string();
     assert!(

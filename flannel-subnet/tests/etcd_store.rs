@@ -9,6 +9,7 @@ use flannel_core::manager::{LEASE_TTL, ManagerError};
 use flannel_subnet::etcd::{CONFIG_NOT_FOUND, EtcdConfig, EtcdStore};
 use flannel_subnet::store::{LeaseStore, StoreBatch, StoreEvent, StoreWatch};
 use flannel_testutil::etcd::EtcdServer;
+use flannel_testutil::logs::Logs;
 use futures_util::StreamExt;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
@@ -657,30 +658,10 @@ async fn list_pages_past_the_grpc_message_limit() {
     assert!(matches!(&batch.events[..], [StoreEvent::Put(l)] if l.key() == key("10.250.0.0-24")));
 }
 
-/// Log lines written while a test runs (a `tracing` writer).
-#[derive(Clone, Default)]
-struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_bad_value_is_warned_about_once_until_it_changes() {
-    let out = Lines::default();
-    let writer = out.clone();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let out = Logs::default();
+    let _guard = out.install(tracing::Level::INFO);
     let srv = etcd();
     let store = store(&srv).await;
     let mut c = raw(&store);
@@ -693,10 +674,7 @@ async fn a_bad_value_is_warned_about_once_until_it_changes() {
     for _ in 0..5 {
         store.list().await.unwrap();
     }
-    let count = |what: &str| {
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        text.lines().filter(|l| l.contains(what)).count()
-    };
+    let count = |what: &str| out.count(what);
     assert_eq!(
         count("ignoring bad subnet node"),
         1,

@@ -10,6 +10,7 @@ use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::manager::{AcquireRequest, LeaseStream, ManagerError, SubnetManager};
 use flannel_core::reconcile::{Object, plan};
 use flannel_subnet::runner::{Runner, RunnerOptions, thread_executor};
+use flannel_testutil::logs::Logs;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -293,27 +294,10 @@ impl Network for Failing {
     }
 }
 
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-impl std::io::Write for Lines {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_failing_resync_backs_off_to_its_cap_with_bounded_log_lines() {
-    let out = Lines::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let out = Logs::default();
+    let _guard = out.install(tracing::Level::INFO);
 
     let healthy = Arc::new(AtomicBool::new(false));
     let attempts = Arc::new(AtomicU64::new(0));
@@ -350,7 +334,7 @@ async fn a_failing_resync_backs_off_to_its_cap_with_bounded_log_lines() {
         heal
     );
     run.unwrap();
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     let failure_lines = text
         .lines()
         .filter(|l| l.contains("resync of 1 leases failed"))

@@ -11,6 +11,8 @@
 //! pods attached through the `flannel` CNI plugin: the end-to-end harness of
 //! flanneld's e2e and reliability tests and of the benchmark programs.
 //!
+//! [`logs::Logs`] captures a test's `tracing` output for assertions.
+//!
 //! Nothing here is meant for production code; this crate is `publish = false`.
 //!
 //! Features: `cluster` (off by default) adds the `cluster` module; it
@@ -22,6 +24,7 @@ use std::time::Duration;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod etcd;
+pub mod logs;
 pub mod netns;
 #[cfg(feature = "tencent")]
 pub mod tencent;
