@@ -1201,26 +1201,14 @@ impl Cluster {
                 }
             }
         }
-        let failures: Vec<String> = thread::scope(|s| {
-            let handles: Vec<_> = jobs
-                .iter()
-                .map(|&(i, a, j, dst)| {
-                    s.spawn(move || {
-                        ping(&a.ns, dst, CONVERGE)
-                            .err()
-                            .map(|e| format!("pod {} -> pod {} ({dst}): {e}", i + 1, j + 1))
-                    })
+        all_succeed(
+            "pod pings",
+            jobs.into_iter()
+                .map(|(i, a, j, dst)| {
+                    let label = format!("pod {} -> pod {} ({dst})", i + 1, j + 1);
+                    (label, move || ping(&a.ns, dst, CONVERGE))
                 })
-                .collect();
-            handles
-                .into_iter()
-                .filter_map(|h| h.join().expect("ping thread"))
-                .collect()
-        });
-        assert!(
-            failures.is_empty(),
-            "pod pings failed:\n{}",
-            failures.join("\n")
+                .collect(),
         );
     }
 }
@@ -1319,6 +1307,29 @@ pub fn http_get(ns: &NetNs, addr: SocketAddr, path: &str) -> std::io::Result<(u1
             .ok_or_else(bad)?;
         Ok((code, body.to_owned()))
     })
+}
+
+/// Runs every job on a thread of its own and waits for all; panics listing
+/// each failure with its label (`what` names the whole, e.g. "pod pings").
+pub fn all_succeed<F>(what: &str, jobs: Vec<(String, F)>)
+where
+    F: FnOnce() -> Result<(), String> + Send,
+{
+    let failures: Vec<String> = thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|(label, job)| s.spawn(move || job().err().map(|e| format!("{label}: {e}"))))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().expect("job thread"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{what} failed:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// A continuous `ping -n -i 0.1` from inside a namespace, its output in a

@@ -33,8 +33,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, Net, NetworkSpec, env_value, http_get, metric_value, v4_subnet,
-    wait_until,
+    Backing, CONVERGE, Cluster, Net, NetworkSpec, all_succeed, env_value, http_get, metric_value,
+    v4_subnet, wait_until,
 };
 use flannel_testutil::netns::{NetNs, veth_pair};
 
@@ -280,27 +280,15 @@ fn ping_all(c: &Cluster, subnets: &[&[Ipv4Addr]]) {
             }
         }
     }
-    let failures: Vec<String> = thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .iter()
-            .map(|&(i, src, dst)| {
+    all_succeed(
+        "pings",
+        jobs.into_iter()
+            .map(|(i, src, dst)| {
                 let ns = c.host(i);
-                s.spawn(move || {
-                    ping_from(ns, src, dst)
-                        .err()
-                        .map(|e| format!("host {} {src} -> {dst}: {e}", i + 1))
-                })
+                let label = format!("host {} {src} -> {dst}", i + 1);
+                (label, move || ping_from(ns, src, dst))
             })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("ping thread"))
-            .collect()
-    });
-    assert!(
-        failures.is_empty(),
-        "pings failed:\n{}",
-        failures.join("\n")
+            .collect(),
     );
 }
 
