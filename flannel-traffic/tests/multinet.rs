@@ -7,7 +7,7 @@
 //! the other's. Needs root, iproute2, iptables and nft.
 
 mod common;
-use common::{in_netns, sh};
+use common::{in_netns, nft_delete_negated_postrtg_rule, sh};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -323,23 +323,7 @@ fn nftables_two_networks_keep_their_rules() {
             "flannel-ipv4",
             "postrtg",
         ]);
-        let handle = listing
-            .lines()
-            .find(|l| l.contains(&format!("ip daddr {SA} return")) && l.contains("!="))
-            .and_then(|l| l.rsplit("# handle ").next())
-            .unwrap()
-            .trim()
-            .to_string();
-        sh(&[
-            "nft",
-            "delete",
-            "rule",
-            "ip",
-            "flannel-ipv4",
-            "postrtg",
-            "handle",
-            &handle,
-        ]);
+        nft_delete_negated_postrtg_rule(&listing, &format!("ip daddr {SA} return"));
         let wb = b.stats().writes;
         assert!(!b.resync_once().await.unwrap());
         assert_eq!(b.stats().writes, wb);

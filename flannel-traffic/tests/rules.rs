@@ -10,7 +10,7 @@
 //! (ours: `ip saddr != N ip daddr S return`, see DESIGN.md).
 
 mod common;
-use common::{in_netns, sh};
+use common::{in_netns, nft_delete_negated_postrtg_rule, sh};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -544,23 +544,7 @@ fn nftables_resync_rewrites_only_on_drift() {
             "flannel-ipv4",
             "postrtg",
         ]);
-        let handle = listing
-            .lines()
-            .find(|l| l.contains("ip daddr 10.244.7.0/24 return") && l.contains("!="))
-            .and_then(|l| l.rsplit("# handle ").next())
-            .unwrap()
-            .trim()
-            .to_string();
-        sh(&[
-            "nft",
-            "delete",
-            "rule",
-            "ip",
-            "flannel-ipv4",
-            "postrtg",
-            "handle",
-            &handle,
-        ]);
+        nft_delete_negated_postrtg_rule(&listing, "ip daddr 10.244.7.0/24 return");
         assert!(nft.resync_once().await.unwrap());
         assert_eq!(nft_chain("ip", "flannel-ipv4", "postrtg"), gold);
 

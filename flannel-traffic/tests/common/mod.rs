@@ -36,3 +36,25 @@ pub fn sh(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Deletes, by its handle, the `ip flannel-ipv4 postrtg` rule whose line in
+/// `listing` (`nft -a list chain ...`) contains `needle` and a `!=`.
+pub fn nft_delete_negated_postrtg_rule(listing: &str, needle: &str) {
+    let handle = listing
+        .lines()
+        .find(|l| l.contains(needle) && l.contains("!="))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .unwrap_or_else(|| panic!("no `!=` rule with {needle:?} in:\n{listing}"))
+        .trim()
+        .to_string();
+    sh(&[
+        "nft",
+        "delete",
+        "rule",
+        "ip",
+        "flannel-ipv4",
+        "postrtg",
+        "handle",
+        &handle,
+    ]);
+}
