@@ -680,20 +680,17 @@ impl Runner {
                                 }
                             }
                         }
-                        Err(e @ ManagerError::ConfigNotFound(_)) => {
-                            log.error(
-                                &format!(
+                        Err(e) => {
+                            let what = if matches!(e, ManagerError::ConfigNotFound(_)) {
+                                format!(
                                     "cannot re-acquire our lease {own}: the network config is missing from the {} store \
                                      (was it rebuilt or wiped?); keeping the datapath as it is, not ready, retrying",
                                     self.manager.name()
-                                ),
-                                &e,
-                            );
-                            reacquire_at = Some(Instant::now() + reacquire_delay);
-                            reacquire_delay = opts.backoff.next(reacquire_delay);
-                        }
-                        Err(e) => {
-                            log.error("re-acquiring our lease", &e);
+                                )
+                            } else {
+                                "re-acquiring our lease".to_string()
+                            };
+                            log.error(&what, &e);
                             reacquire_at = Some(Instant::now() + reacquire_delay);
                             reacquire_delay = opts.backoff.next(reacquire_delay);
                         }
