@@ -31,8 +31,10 @@ pub fn create(backend_type: &str) -> Result<Box<dyn Backend>> {
 }
 
 /// Every backend type that exists as a Cargo feature of this crate, and
-/// whether this build has it.
-const FEATURES: &[(&str, bool)] = &[
+/// whether this build has it. `--version`, the error for a missing backend
+/// and the documentation all read this table, so a new backend is one line
+/// here (and one `match` arm above).
+pub const FEATURES: &[(&str, bool)] = &[
     ("vxlan", cfg!(feature = "vxlan")),
     ("host-gw", cfg!(feature = "host-gw")),
     ("alloc", cfg!(feature = "alloc")),
@@ -45,6 +47,20 @@ pub fn built_in() -> Vec<&'static str> {
         .iter()
         .filter(|(_, on)| *on)
         .map(|(t, _)| *t)
+        .collect()
+}
+
+/// Every subnet manager (`--subnet-manager` value) flanneld knows, and
+/// whether this build has it. `etcd` and `local` are always built in; `kube`
+/// arrives with the Kubernetes subnet manager.
+pub const SUBNET_MANAGERS: &[(&str, bool)] = &[("etcd", true), ("local", true), ("kube", false)];
+
+/// The subnet managers compiled into this binary.
+pub fn subnet_managers() -> Vec<&'static str> {
+    SUBNET_MANAGERS
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(m, _)| *m)
         .collect()
 }
 

@@ -89,6 +89,9 @@ pub enum Command {
     Run(Box<Options>),
     /// `flanneld config check FILE`: validate a network configuration file.
     ConfigCheck(PathBuf),
+    /// `flanneld mk-docker-opts [-f FILE] [-d FILE] [-i] [-c] [-m] [-k KEY]`:
+    /// Docker daemon options from `subnet.env` (see [`crate::docker_opts`]).
+    MkDockerOpts(crate::docker_opts::DockerOptsArgs),
 }
 
 /// Why parsing did not produce a [`Command`].
@@ -100,6 +103,9 @@ pub enum CliError {
     Version(String),
     /// A bad command line or `FLANNELD_*` value; the message (exit 2).
     Invalid(String),
+    /// A usage text for stderr with exit status 1 (`mk-docker-opts -h` or a
+    /// bad flag of it, as Go's script).
+    Usage(String),
 }
 
 impl CliError {
@@ -108,6 +114,7 @@ impl CliError {
         match self {
             CliError::Help(_) | CliError::Version(_) => 0,
             CliError::Invalid(_) => 2,
+            CliError::Usage(_) => 1,
         }
     }
 }
@@ -115,7 +122,10 @@ impl CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Help(s) | CliError::Version(s) | CliError::Invalid(s) => f.write_str(s),
+            CliError::Help(s)
+            | CliError::Version(s)
+            | CliError::Invalid(s)
+            | CliError::Usage(s) => f.write_str(s),
         }
     }
 }
@@ -394,14 +404,18 @@ variable is an error (Go flanneld ignores it).
 The embedded local store is used only with --subnet-manager=local.
 
 flanneld config check FILE
-    Validate a net-conf.json and print it with defaults filled in.";
+    Validate a net-conf.json and print it with defaults filled in.
+
+flanneld mk-docker-opts [-f FILE] [-d FILE] [-i] [-c] [-m] [-k KEY]
+    Write Docker daemon options (--bip, --mtu, --ip-masq) from subnet.env to
+    /run/docker_opts.env, as Go flannel's mk-docker-opts.sh does (-h for more).";
 
 /// The clap view of the flags; converted into [`Options`].
 #[derive(Parser, Debug)]
 #[command(
     name = "flanneld",
     about = "flannel: a layer-3 overlay network for containers",
-    override_usage = "flanneld [OPTION]...\n       flanneld config check FILE",
+    override_usage = "flanneld [OPTION]...\n       flanneld config check FILE\n       flanneld mk-docker-opts [-f FILE] [-d FILE] [-i] [-c] [-m] [-k KEY]",
     after_help = AFTER_HELP,
     disable_help_flag = true,
     disable_version_flag = true,
@@ -543,8 +557,8 @@ where
     parse_flags(&args, env)
 }
 
-/// Like [`parse_from`], but also recognises `config check FILE` as the first
-/// arguments.
+/// Like [`parse_from`], but also recognises the subcommands `config check
+/// FILE` and `mk-docker-opts ...` as the first arguments.
 pub fn parse_command_from<I, S>(
     args: I,
     env: &dyn Fn(&str) -> Option<String>,
@@ -556,6 +570,18 @@ where
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     if args.get(1).is_some_and(|a| a == "config") {
         return parse_config_command(&args[2..]);
+    }
+    if args.get(1).is_some_and(|a| a == "mk-docker-opts") {
+        let rest = utf8_args(args[2..].to_vec())?;
+        return match crate::docker_opts::DockerOptsArgs::parse(&rest) {
+            Ok(a) => Ok(Command::MkDockerOpts(a)),
+            Err(why) => Err(CliError::Usage(format!(
+                "{}{}",
+                why.map(|w| format!("flanneld mk-docker-opts: {w}\n"))
+                    .unwrap_or_default(),
+                crate::docker_opts::USAGE
+            ))),
+        };
     }
     let args = utf8_args(args)?;
     parse_flags(&args, env).map(|o| Command::Run(Box::new(o)))
@@ -630,10 +656,7 @@ fn parse_flags(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<
         .try_get_matches_from(std::iter::once(prog).chain(user.iter().map(String::as_str)))
         .map_err(clap_error)?;
     if first.get_one::<bool>("version") == Some(&true) {
-        return Err(CliError::Version(format!(
-            "{}\n",
-            env!("CARGO_PKG_VERSION")
-        )));
+        return Err(CliError::Version(crate::version::text()));
     }
 
     // 2. FLANNELD_* for each flag not on the command line.

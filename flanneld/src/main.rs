@@ -1,4 +1,5 @@
-//! `flanneld`: the flannel daemon, or `flanneld config check FILE`.
+//! `flanneld`: the flannel daemon, `flanneld config check FILE` or
+//! `flanneld mk-docker-opts`.
 
 use std::io::Write;
 use std::path::Path;
@@ -14,6 +15,13 @@ fn main() -> ExitCode {
             Ok(json) => print(&format!("{json}\n"), ExitCode::SUCCESS),
             Err(msg) => {
                 eprintln!("error: {}: {msg}", path.display());
+                ExitCode::from(1)
+            }
+        },
+        Ok(Command::MkDockerOpts(args)) => match flanneld::docker_opts::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
                 ExitCode::from(1)
             }
         },

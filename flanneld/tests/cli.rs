@@ -425,7 +425,7 @@ fn bad_environment_value_names_the_variable() {
 
 #[test]
 fn version_and_help_flags() {
-    let version = format!("{}\n", env!("CARGO_PKG_VERSION"));
+    let version = flanneld::version::text();
     assert_eq!(
         parse(&["-version"]),
         Err(CliError::Version(version.clone()))
@@ -608,7 +608,28 @@ fn process_version() {
     for v in ["--version", "-version"] {
         let out = run(&[v]);
         assert_eq!(out.status.code(), Some(0));
-        assert_eq!(text(&out.stdout).trim(), env!("CARGO_PKG_VERSION"));
+        let stdout = text(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 4, "{stdout}");
+        assert_eq!(
+            lines[0],
+            format!("flanneld {}", env!("CARGO_PKG_VERSION")),
+            "{stdout}"
+        );
+        // The commit git reports for this checkout (or `unknown` without git).
+        let commit = lines[1].strip_prefix("git commit: ").expect(&stdout);
+        assert!(
+            commit == "unknown"
+                || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+            "{stdout}"
+        );
+        // The default build carries every backend and subnet manager that
+        // exists as a feature of this crate.
+        let backends = lines[2].strip_prefix("backends: ").expect(&stdout);
+        let all: Vec<&str> = flanneld::backends::FEATURES.iter().map(|f| f.0).collect();
+        assert_eq!(backends.split(' ').collect::<Vec<_>>(), all, "{stdout}");
+        let managers = lines[3].strip_prefix("subnet managers: ").expect(&stdout);
+        assert!(managers.starts_with("etcd local"), "{stdout}");
     }
 }
 
