@@ -3,6 +3,7 @@
 use crate::backends;
 use crate::cli::{Options, SubnetManagerKind};
 use crate::health::{self, Health};
+use crate::notify::Notifier;
 use anyhow::{Context, Result, anyhow, bail};
 use flannel_core::backend::{BackendError, HostContext, RegisterContext};
 use flannel_core::config::NetConfig;
@@ -18,8 +19,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-/// A future that completes on SIGTERM or SIGINT (for the whole process).
-fn signals() -> Result<watch::Receiver<bool>> {
+/// A future that completes on SIGTERM or SIGINT (for the whole process);
+/// systemd is told `STOPPING=1` at once.
+fn signals(notifier: Option<Arc<Notifier>>) -> Result<watch::Receiver<bool>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -30,6 +32,9 @@ fn signals() -> Result<watch::Receiver<bool>> {
             _ = int.recv() => "SIGINT",
         };
         info!("received {name}, shutting down (datapath and lease are kept)");
+        if let Some(n) = notifier {
+            n.stopping();
+        }
         let _ = tx.send(true);
     });
     Ok(rx)
@@ -151,13 +156,19 @@ async fn fetch_config(
 
 /// Runs flanneld until SIGTERM/SIGINT.
 pub async fn run(opts: Options) -> Result<()> {
-    let stop = signals()?;
+    let notifier = Notifier::from_env().map(Arc::new);
+    let stop = signals(notifier.clone())?;
     let runner_options = RunnerOptions::default()
         .with_renew_margin_minutes(opts.subnet_lease_renew_margin)
         .map_err(|e| anyhow!(e))?;
     // Served from the start: /healthz answers (and /readyz says not ready)
     // while flanneld waits for etcd.
     let health = Arc::new(Health::default());
+    // READY=1 only when /readyz would answer 200 (lease, subnet.env, watch
+    // in sync, rules), not merely when subnet.env is written.
+    if let Some(n) = notifier {
+        tokio::spawn(crate::notify::follow(n, health.clone(), stop.clone()));
+    }
     if opts.healthz_port > 0 {
         let addr = format!("{}:{}", opts.healthz_ip, opts.healthz_port);
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -252,7 +263,6 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         Err(e) => warn!("Failed to write subnet file: {e}"),
     }
-    sd_notify_ready();
     if let Err(e) = sm.complete_lease(network.lease()).await {
         warn!("completing the lease: {e}");
     }
@@ -328,28 +338,5 @@ async fn follow_lease(
             Err(e) => error!("Failed to write subnet file: {e}"),
         }
         current = lease;
-    }
-}
-
-/// Tells systemd we are ready (`Type=notify`), when it asked.
-fn sd_notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => return warn!("sd_notify: {e}"),
-    };
-    let path = path.to_string_lossy().into_owned();
-    // Abstract sockets are written with a leading '@'.
-    let result = if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
-    } else {
-        sock.send_to(b"READY=1", &path)
-    };
-    if let Err(e) = result {
-        warn!("sd_notify: {e}");
     }
 }

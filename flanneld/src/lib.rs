@@ -21,5 +21,6 @@ pub mod daemon;
 pub mod docker_opts;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod traffic;
 pub mod version;
