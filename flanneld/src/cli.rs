@@ -623,6 +623,78 @@ fn command() -> clap::Command {
     Flags::command()
 }
 
+/// One flag as documented (the manual page and the documentation site's
+/// flag table are generated from these, so they cannot drift from the
+/// parser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagDoc {
+    /// The flag name without dashes (`etcd-endpoints`, `v`).
+    pub name: String,
+    /// The value's placeholder (`URLS`, `BOOL`); empty for `--help`.
+    pub value_name: String,
+    /// The default as Go prints it (`""` for an empty string default).
+    pub default: String,
+    /// The help text.
+    pub help: String,
+    /// The `FLANNELD_*` variable that sets it (empty for `--help` and
+    /// `--version`, which no variable sets).
+    pub env: String,
+    /// A boolean flag: `-flag` alone means true; a value needs `=`.
+    pub boolean: bool,
+    /// The flag may be given more than once (each value kept).
+    pub repeatable: bool,
+}
+
+/// Every flag flanneld accepts, in `--help` order.
+pub fn flag_docs() -> Vec<FlagDoc> {
+    command()
+        .get_arguments()
+        .filter_map(|a| {
+            let name = a.get_long()?.to_owned();
+            let boolean = a.is_require_equals_set();
+            let defaults: Vec<String> = a
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            let default = match (defaults.first(), name.as_str()) {
+                (_, "help") => String::new(),
+                (Some(d), _) => d.clone(),
+                (None, _) if matches!(a.get_action(), ArgAction::Append) => String::new(),
+                (None, _) => "\"\"".to_owned(),
+            };
+            let value_name = a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let env = if matches!(name.as_str(), "help" | "version") {
+                String::new()
+            } else {
+                env_var_name(&name)
+            };
+            Some(FlagDoc {
+                repeatable: matches!(a.get_action(), ArgAction::Append),
+                value_name: if name == "help" {
+                    String::new()
+                } else {
+                    value_name
+                },
+                name,
+                default,
+                help,
+                env,
+                boolean,
+            })
+        })
+        .collect()
+}
+
+/// The text after the flag list in `--help` (syntax, environment,
+/// subcommands), for the manual page.
+pub const HELP_NOTES: &str = AFTER_HELP;
+
 fn clap_error(e: clap::Error) -> CliError {
     let text = e.render().to_string();
     match e.kind() {
