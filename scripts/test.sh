@@ -8,8 +8,9 @@
 # clippy with -D warnings, the feature builds (flanneld with no backend and
 # with each backend alone, flannel-subnet without default features), rustdoc
 # with -D warnings, the whole test suite
-# (unit, property, integration tests against real etcd), then a short bounded
-# fuzz run of every parser.
+# (unit, property, integration tests against real etcd), the install paths
+# (Debian package, OCI image, documentation site: scripts/test-packaging.sh),
+# then a short bounded fuzz run of every parser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -19,9 +20,14 @@ cd "$(dirname "$0")/.."
 # bridge/host-local CNI plugins; iproute2/iputils-ping/iptables/nftables:
 # datapath and end-to-end tests;
 # curl: TLS checks against etcd; procps: kill(1), which tests use to signal
-# the daemons they started.
+# the daemons they started. The install-path tests (scripts/test-packaging.sh):
+# binutils (strip) for the Debian package, systemd (systemd-analyze verify of
+# its units), debootstrap (the image's Debian minbase root, cached under
+# /var/tmp), umoci (packs the OCI image), runc (runs it), jq (edits the
+# runtime config).
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
-          iproute2 iputils-ping iptables nftables curl ca-certificates procps)
+          iproute2 iputils-ping iptables nftables curl ca-certificates procps
+          binutils systemd debootstrap umoci runc jq)
 ensure_packages "${PACKAGES[@]}"
 
 step() { echo; echo "==> $*"; }
@@ -52,6 +58,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quie
 
 step "cargo test"
 cargo test --workspace --all-features
+
+# The install paths from the debug binaries cargo test just built: the
+# Debian package (systemd-analyze verify, dpkg -i into a fresh debootstrap
+# root), the OCI image run with runc, and the documentation site.
+step "install paths: Debian package, OCI image, documentation site"
+scripts/test-packaging.sh --bin-dir "${CARGO_TARGET_DIR:-target}/debug"
 
 step "fuzz (${FUZZ_SECONDS:-20} s per target)"
 scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
