@@ -37,7 +37,7 @@ fi
 for b in flanneld flannel flannel-docs; do
     [ -x "$bin_dir/$b" ] || { echo "package-deb.sh: $bin_dir/$b is missing (build it first, or omit --bin-dir)" >&2; exit 1; }
 done
-for tool in dpkg-deb strip gzip; do
+for tool in dpkg-deb strip objdump gzip; do
     command -v "$tool" >/dev/null || { echo "package-deb.sh: $tool is missing (Debian packages dpkg, binutils, gzip)" >&2; exit 1; }
 done
 
@@ -77,13 +77,16 @@ License: Apache-2.0
 EOF
 
 size_kib=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+# The newest glibc symbol version the binaries use (what dpkg-shlibdeps
+# would compute); libgcc_s is for Rust's unwinder.
+glibc=$(objdump -T "$stage/usr/bin/flanneld" "$stage/usr/lib/cni/flannel" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
 cat > "$stage/DEBIAN/control" <<EOF
 Package: flanneld
 Version: $version
 Architecture: $arch
 Maintainer: flannel-rs developers <flannel-rs@users.noreply.github.com>
 Installed-Size: $size_kib
-Depends: libc6 (>= 2.34), iproute2, iptables
+Depends: libc6 (>= $glibc), libgcc-s1, iproute2, iptables
 Recommends: nftables, containernetworking-plugins
 Suggests: etcd-server
 Section: net

@@ -69,7 +69,8 @@ for f in ./usr/bin/flanneld ./usr/lib/cni/flannel ./opt/cni/bin/flannel ./lib/sy
 done
 ok "the package has every file"
 check "conffiles lists /etc/default/flanneld" sh -c "dpkg-deb --ctrl-tarfile '$deb' | tar -xO ./conffiles | grep -qx /etc/default/flanneld"
-check "Depends names iproute2 and iptables" sh -c "dpkg-deb -f '$deb' Depends | grep -q 'iproute2, iptables'"
+check "Depends: libc6 (>= 2.x), libgcc-s1, iproute2, iptables" sh -c \
+    "dpkg-deb -f '$deb' Depends | grep -Eqx 'libc6 \\(>= 2\\.[0-9]+\\), libgcc-s1, iproute2, iptables'"
 
 echo "==> systemd-analyze verify"
 if need systemd-analyze; then

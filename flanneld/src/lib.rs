@@ -3,7 +3,7 @@
 //! The flannel-rs daemon. [`cli`] parses the command line and `FLANNELD_*`
 //! environment exactly like Go flanneld (plus `flanneld config check FILE`
 //! and `flanneld mk-docker-opts`, see [`docker_opts`]). [`version`] is what
-//! `--version` prints.
+//! `--version` prints; [`notify`] tells systemd when flanneld is ready.
 //!
 //! ## Features
 //!
