@@ -154,7 +154,7 @@ if need umoci runc jq; then
         run() {
             jq --argjson args "$(printf '%s\n' "$@" | jq -R . | jq -s .)" '
                 .process.args = $args | .process.terminal = false
-                | .process.capabilities |= with_entries(.value += ["CAP_NET_ADMIN", "CAP_NET_RAW"])' \
+                | .process.capabilities |= with_entries(.value = (.value + ["CAP_NET_ADMIN", "CAP_NET_RAW"] | unique))' \
                 "$bundle/config.json" > "$bundle/config.json.new" && mv "$bundle/config.json.new" "$bundle/config.json"
             runc run --bundle "$bundle" "$cid" </dev/null
         }
