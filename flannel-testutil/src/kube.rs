@@ -296,7 +296,7 @@ struct Shared {
     opts: FakeOptions,
     /// DER of every client certificate issued → its user.
     cert_users: Mutex<HashMap<Vec<u8>, String>>,
-    /// The serving connections, aborted by a restart.
+    /// The serving connections and watches, aborted by a restart.
     conns: Mutex<Vec<AbortHandle>>,
     url: String,
 }
@@ -308,6 +308,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)
+    }
+
+    /// Remembers a connection or watch task for [`FakeApiServer::restart`].
+    fn track(&self, task: AbortHandle) {
+        let mut conns = lock(&self.conns);
+        conns.retain(|c| !c.is_finished());
+        conns.push(task);
     }
 
     fn write(&self, key: Key, new: Option<Value>) -> Option<Value> {
@@ -637,20 +644,26 @@ impl FakeApiServer {
     /// # Panics
     /// When the port cannot be bound again within 5 s.
     pub fn restart(&self) {
-        if let Some(task) = lock(&self.accept_task).take() {
+        let mut tasks: Vec<AbortHandle> = lock(&self.shared.conns).drain(..).collect();
+        tasks.extend(lock(&self.accept_task).take());
+        for task in &tasks {
             task.abort();
         }
-        for conn in lock(&self.shared.conns).drain(..) {
-            conn.abort();
-        }
-        // The aborted accept task closes the old socket on the runtime's
-        // thread; bind again once it has.
+        // Abortion happens on the runtime's thread; wait until every task
+        // is gone (sockets closed, no watch sends another event) so the
+        // restart is complete when this returns.
         let deadline = Instant::now() + Duration::from_secs(5);
+        while tasks.iter().any(|t| !t.is_finished()) {
+            assert!(
+                Instant::now() < deadline,
+                "the fake API server's connections did not close within 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let listener = loop {
             match std::net::TcpListener::bind(self.addr) {
                 Ok(listener) => break listener,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => panic!(
@@ -888,9 +901,7 @@ async fn accept_loop(
             }
         };
         let task = tokio::spawn(serve_connection(shared.clone(), stream, tls.clone()));
-        let mut conns = lock(&shared.conns);
-        conns.retain(|c| !c.is_finished());
-        conns.push(task.abort_handle());
+        shared.track(task.abort_handle());
     }
 }
 
@@ -1979,7 +1990,7 @@ fn watch(
         .filter(|t| *t > 0)
         .map(Duration::from_secs);
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(run_watch(
+    let task = tokio::spawn(run_watch(
         shared.clone(),
         kind,
         selectors,
@@ -1989,6 +2000,7 @@ fn watch(
         timeout,
         tx,
     ));
+    shared.track(task.abort_handle());
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "application/json")
