@@ -172,6 +172,25 @@ pub struct Rule {
     pub verbs: Vec<String>,
 }
 
+/// The rules of the `flannel` ClusterRole in `dist/kube-flannel.yml` (as
+/// upstream's): resource → verbs. `flannel-testutil/tests/manifest.rs`
+/// checks the manifest grants exactly these, so a test that runs flanneld
+/// under [`flannel_rules`] ([`FakeApiServer::set_permissions`]) proves the
+/// manifest covers every call flanneld makes.
+pub const FLANNEL_RBAC: &[(&str, &[&str])] = &[
+    ("pods", &["get"]),
+    ("nodes", &["get", "list", "watch"]),
+    ("nodes/status", &["patch"]),
+];
+
+/// [`FLANNEL_RBAC`] as rules for [`FakeApiServer::set_permissions`].
+pub fn flannel_rules() -> Vec<Rule> {
+    FLANNEL_RBAC
+        .iter()
+        .map(|(resource, verbs)| Rule::new(&[resource], verbs))
+        .collect()
+}
+
 impl Rule {
     /// A rule granting `verbs` on `resources`.
     pub fn new(resources: &[&str], verbs: &[&str]) -> Rule {

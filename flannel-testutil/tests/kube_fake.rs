@@ -3,7 +3,9 @@
 
 #![cfg(feature = "kube")]
 
-use flannel_testutil::kube::{FORBIDDEN_USER, FakeApiServer, FakeOptions, Rule, TOKEN_USER};
+use flannel_testutil::kube::{
+    FORBIDDEN_USER, FakeApiServer, FakeOptions, TOKEN_USER, flannel_rules,
+};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
@@ -735,14 +737,8 @@ async fn kube_rs_client_cert_auth_403() {
         other => panic!("expected 403, got {other}"),
     }
 
-    // RBAC-style rules: the kube-flannel ClusterRole's node verbs only.
-    api.set_permissions(
-        "flannel",
-        vec![
-            Rule::new(&["nodes"], &["get", "list", "watch"]),
-            Rule::new(&["nodes/status"], &["patch"]),
-        ],
-    );
+    // RBAC-style rules: the kube-flannel ClusterRole's.
+    api.set_permissions("flannel", flannel_rules());
     let limited: Api<Node> = Api::all(client(&api, "flannel").await);
     limited.get("node-a").await.unwrap();
     let patch = Patch::Strategic(json!({"metadata": {"annotations": {"k": "v"}}}));
