@@ -98,6 +98,9 @@ pub const ANONYMOUS_USER: &str = "system:anonymous";
 pub const FORBIDDEN_USER: &str = "nobody";
 /// The Kubernetes version `/version` reports.
 pub const FAKE_KUBERNETES_VERSION: &str = "v1.33.0";
+/// How many writes the event history keeps before the older half is
+/// forgotten (watches from a forgotten version then get 410 Gone).
+pub const HISTORY_LIMIT: usize = 100_000;
 /// The largest request body accepted (as the API server, 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
@@ -284,6 +287,14 @@ impl Store {
             old,
             new: new.clone(),
         });
+        if self.history.len() > HISTORY_LIMIT {
+            // Compact like etcd: forget the older half; versions up to the
+            // last forgotten one can no longer be watched from.
+            let forgotten: Vec<Event> = self.history.drain(..HISTORY_LIMIT / 2).collect();
+            if let Some(last) = forgotten.last() {
+                self.floor = last.rv;
+            }
+        }
         new
     }
 

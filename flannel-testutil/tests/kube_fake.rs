@@ -785,3 +785,64 @@ async fn kube_rs_client_cert_auth_403() {
         ]
     );
 }
+
+#[tokio::test]
+async fn plain_http_on_a_chosen_address() {
+    let addr: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let api = FakeApiServer::start_on(
+        addr,
+        FakeOptions {
+            tls: false,
+            ..FakeOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(api.url().starts_with("http://127.0.0.2:"), "{}", api.url());
+    api.add_node_with_pod_cidrs("node-a", &["10.244.1.0/24"], &[]);
+    let nodes: Api<Node> = Api::all(client(&api, "admin").await);
+    assert_eq!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        api.requests()[0].user,
+        flannel_testutil::kube::ANONYMOUS_USER
+    );
+
+    // TLS on a chosen address: the certificate names that address.
+    let tls = FakeApiServer::start_on(addr, FakeOptions::default()).unwrap();
+    tls.add_node_with_pod_cidrs("node-b", &["10.244.2.0/24"], &[]);
+    let nodes: Api<Node> = Api::all(client(&tls, "admin").await);
+    nodes.get("node-b").await.unwrap();
+}
+
+#[test]
+fn hostile_objects_are_served_verbatim() {
+    let api = FakeApiServer::start(FakeOptions {
+        token: Some("s3cret".to_owned()),
+        ..FakeOptions::default()
+    })
+    .unwrap();
+    let garbage = json!({
+        "metadata": {"name": "weird", "annotations": {"flannel.alpha.coreos.com/backend-data": 42}},
+        "spec": {"podCIDR": "not-a-cidr", "podCIDRs": "also not a list"},
+        "status": "nonsense"
+    });
+    api.apply_node(garbage.clone());
+    let kubectl = Kubectl::new(&api, "admin");
+    let served: Value =
+        serde_json::from_str(&kubectl.ok(&["get", "--raw", "/api/v1/nodes/weird"])).unwrap();
+    assert_eq!(served["spec"], garbage["spec"]);
+    assert_eq!(served["status"], "nonsense");
+    assert_eq!(
+        served["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-data"],
+        42
+    );
+    assert_eq!(served["metadata"]["resourceVersion"], "1");
+    assert_eq!(served["kind"], "Node");
+}
