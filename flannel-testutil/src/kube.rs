@@ -1337,12 +1337,14 @@ fn authorized(store: &Store, user: &str, verb: &str, resource: &str) -> bool {
 }
 
 fn forbidden(user: &str, verb: &str, resource: &str, route: &Route) -> Failure {
-    let (plural, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    // The subject names the resource without its subresource, as the API
+    // server's message does: `nodes "n1" is forbidden: … "nodes/status" …`.
+    let plural = resource.split_once('/').map_or(resource, |(p, _)| p);
     let (subject, scope, name) = match route {
         Route::Object {
             namespace, name, ..
         } => (
-            format!("{resource} \"{name}\""),
+            format!("{plural} \"{name}\""),
             if namespace.is_empty() {
                 "at the cluster scope".to_owned()
             } else {
@@ -1368,7 +1370,6 @@ fn forbidden(user: &str, verb: &str, resource: &str, route: &Route) -> Failure {
     if !name.is_empty() {
         details["name"] = json!(name);
     }
-    let _ = sub;
     Failure {
         code: 403,
         reason: "Forbidden",
@@ -1408,7 +1409,9 @@ fn dispatch(
             "the server could not find the requested resource",
         )),
         Route::Collection { kind, namespace } => match *method {
-            Method::GET if query.flag("watch") => watch(shared, *kind, namespace.clone(), query),
+            Method::GET if query.flag("watch") => {
+                watch(shared, *kind, namespace.clone(), query, accept)
+            }
             Method::GET => {
                 let list = list(&shared.store(), *kind, namespace.as_deref(), query)?;
                 if accept.contains("as=Table") {
@@ -2001,35 +2004,61 @@ fn expired_line(rv: u64, floor: u64) -> Bytes {
     )
 }
 
+/// What a watch request asked for.
+struct WatchRequest {
+    kind: Kind,
+    selectors: Selectors,
+    /// `resourceVersion`: `None` when unset.
+    rv: Option<u64>,
+    /// `sendInitialEvents=true`.
+    send_initial: bool,
+    /// `allowWatchBookmarks=true`.
+    bookmarks: bool,
+    /// `timeoutSeconds`.
+    timeout: Option<Duration>,
+    /// kubectl's `Accept: …;as=Table`: objects are sent as one-row tables.
+    table: bool,
+}
+
+impl WatchRequest {
+    fn line(&self, event: &str, object: &Value) -> Bytes {
+        if self.table {
+            let list = json!({
+                "metadata": {"resourceVersion": object.pointer("/metadata/resourceVersion")},
+                "items": [object]
+            });
+            event_line(event, &table(self.kind, &list))
+        } else {
+            event_line(event, object)
+        }
+    }
+}
+
 fn watch(
     shared: &Arc<Shared>,
     kind: Kind,
     namespace: Option<String>,
     query: &Query,
+    accept: &str,
 ) -> Result<Response<Body>, Failure> {
-    let selectors = Selectors::parse(kind, namespace, query)?;
-    let rv = match query.get("resourceVersion").filter(|v| !v.is_empty()) {
-        Some(text) => Some(parse_rv(text)?),
-        None => None,
-    };
-    let send_initial = query.flag("sendInitialEvents");
-    let bookmarks = query.flag("allowWatchBookmarks");
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .filter(|t| *t > 0)
-        .map(Duration::from_secs);
-    let (tx, rx) = mpsc::channel(256);
-    let task = tokio::spawn(run_watch(
-        shared.clone(),
+    let request = WatchRequest {
         kind,
-        selectors,
-        rv,
-        send_initial,
-        bookmarks,
-        timeout,
-        tx,
-    ));
+        selectors: Selectors::parse(kind, namespace, query)?,
+        rv: match query.get("resourceVersion").filter(|v| !v.is_empty()) {
+            Some(text) => Some(parse_rv(text)?),
+            None => None,
+        },
+        send_initial: query.flag("sendInitialEvents"),
+        bookmarks: query.flag("allowWatchBookmarks"),
+        timeout: query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .filter(|t| *t > 0)
+            .map(Duration::from_secs),
+        table: accept.contains("as=Table"),
+    };
+    let (tx, rx) = mpsc::channel(256);
+    let task = tokio::spawn(run_watch(shared.clone(), request, tx));
     shared.track(task.abort_handle());
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -2038,17 +2067,16 @@ fn watch(
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_watch(
-    shared: Arc<Shared>,
-    kind: Kind,
-    selectors: Selectors,
-    rv: Option<u64>,
-    send_initial: bool,
-    bookmarks: bool,
-    timeout: Option<Duration>,
-    tx: mpsc::Sender<Bytes>,
-) {
+async fn run_watch(shared: Arc<Shared>, request: WatchRequest, tx: mpsc::Sender<Bytes>) {
+    let WatchRequest {
+        kind,
+        ref selectors,
+        rv,
+        send_initial,
+        bookmarks,
+        timeout,
+        ..
+    } = request;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut changed = shared.changed.subscribe();
     let (mut lines, mut cur, mut done) = (Vec::new(), 0, false);
@@ -2063,7 +2091,7 @@ async fn run_watch(
             _ => {
                 for (key, object) in store.objects.iter().filter(|(k, _)| k.0 == kind) {
                     if selectors.matches(key, object) {
-                        lines.push(event_line("ADDED", object));
+                        lines.push(request.line("ADDED", object));
                     }
                 }
                 cur = store.rv;
@@ -2105,13 +2133,13 @@ async fn run_watch(
                     .as_ref()
                     .filter(|n| selectors.matches(&event.key, n));
                 match (was, is, &event.new) {
-                    (None, Some(new), _) => lines.push(event_line("ADDED", new)),
-                    (Some(_), Some(new), _) => lines.push(event_line("MODIFIED", new)),
-                    (Some(_), None, Some(new)) => lines.push(event_line("DELETED", new)),
+                    (None, Some(new), _) => lines.push(request.line("ADDED", new)),
+                    (Some(_), Some(new), _) => lines.push(request.line("MODIFIED", new)),
+                    (Some(_), None, Some(new)) => lines.push(request.line("DELETED", new)),
                     (Some(old), None, None) => {
                         let mut old = old.clone();
                         old["metadata"]["resourceVersion"] = json!(event.rv.to_string());
-                        lines.push(event_line("DELETED", &old));
+                        lines.push(request.line("DELETED", &old));
                     }
                     (None, None, _) => {}
                 }

@@ -60,7 +60,21 @@ impl Kubectl {
 
     /// Runs kubectl; returns (success, stdout, stderr).
     fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.bin)
+        let out = self
+            .command(&["--request-timeout=10s"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.bin.display()));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
             .arg(format!(
                 "--kubeconfig={}",
                 self.path().join("kubeconfig").display()
@@ -70,17 +84,10 @@ impl Kubectl {
                 "--cache-dir={}",
                 self.path().join("cache").display()
             ))
-            .arg("--request-timeout=10s")
             .args(args)
             .env("HOME", self.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", self.bin.display()));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .stdin(Stdio::null());
+        command
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -750,10 +757,16 @@ async fn kube_rs_client_cert_auth_403() {
         .patch("node-a", &PatchParams::default(), &patch)
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, kube::Error::Api(s) if s.code == 403),
-        "{err}"
-    );
+    match &err {
+        kube::Error::Api(s) => assert_eq!(
+            (s.code, s.message.as_str()),
+            (
+                403,
+                r#"nodes "node-a" is forbidden: User "flannel" cannot patch resource "nodes" in API group "" at the cluster scope"#
+            )
+        ),
+        other => panic!("expected 403, got {other}"),
+    }
 
     // Without a certificate (and no token configured): 401.
     let mut anonymous = config(&api, "flannel").await;
@@ -845,4 +858,67 @@ fn hostile_objects_are_served_verbatim() {
     );
     assert_eq!(served["metadata"]["resourceVersion"], "1");
     assert_eq!(served["kind"], "Node");
+}
+
+#[test]
+fn kubectl_watches_nodes() {
+    let api = FakeApiServer::start(FakeOptions {
+        token: Some("s3cret".to_owned()),
+        ..FakeOptions::default()
+    })
+    .unwrap();
+    api.add_node_with_pod_cidrs("node-a", &["10.244.1.0/24"], &[]);
+    let kubectl = Kubectl::new(&api, "admin");
+    let mut child = kubectl
+        .command(&["get", "nodes", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", kubectl.bin.display()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    // Reads kubectl's lines until one starts with `name` (10 s at most).
+    let mut wait_for = |name: &str| -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.iter().any(|l| l.starts_with(name)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => return Err(format!("no {name} line; output {seen:?}")),
+            }
+        }
+        Ok(())
+    };
+    let result = wait_for("node-a").and_then(|()| {
+        // kubectl has listed; let it start watching before the change.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count(&api, "watch", "nodes") == 0 {
+            if Instant::now() > deadline {
+                return Err("kubectl started no watch".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        api.add_node_with_pod_cidrs("node-b", &["10.244.2.0/24"], &[]);
+        wait_for("node-b")
+    });
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    if let Err(e) = result {
+        panic!(
+            "kubectl get --watch: {e}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
