@@ -2172,6 +2172,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_server_handle_is_shareable() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<FakeApiServer>();
+        shareable::<RequestRecord>();
+    }
+
+    #[test]
     fn rfc3339_formats_utc() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert_eq!(
