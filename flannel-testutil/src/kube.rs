@@ -74,6 +74,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Bound;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -243,6 +244,9 @@ struct Store {
     /// Watches and exact lists from a version below this get 410 Gone.
     floor: u64,
     objects: BTreeMap<Key, Value>,
+    /// Each object encoded as a list item (no type fields), so that a list
+    /// of thousands of Nodes costs a copy rather than a serialisation.
+    encoded: HashMap<Key, Bytes>,
     /// Every write since `floor`, oldest first.
     history: Vec<Event>,
     next_uid: u64,
@@ -256,7 +260,6 @@ impl Store {
     fn write(&mut self, key: Key, new: Option<Value>) -> Option<Value> {
         self.rv += 1;
         let rv = self.rv;
-        let old = self.objects.get(&key).cloned();
         let new = new.map(|mut object| {
             if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.insert("resourceVersion".to_owned(), json!(rv.to_string()));
@@ -273,14 +276,16 @@ impl Store {
             }
             object
         });
-        match &new {
+        let old = match &new {
             Some(object) => {
-                self.objects.insert(key.clone(), object.clone());
+                self.encoded.insert(key.clone(), list_item(object));
+                self.objects.insert(key.clone(), object.clone())
             }
             None => {
-                self.objects.remove(&key);
+                self.encoded.remove(&key);
+                self.objects.remove(&key)
             }
-        }
+        };
         self.history.push(Event {
             rv,
             key,
@@ -290,10 +295,8 @@ impl Store {
         if self.history.len() > HISTORY_LIMIT {
             // Compact like etcd: forget the older half; versions up to the
             // last forgotten one can no longer be watched from.
-            let forgotten: Vec<Event> = self.history.drain(..HISTORY_LIMIT / 2).collect();
-            if let Some(last) = forgotten.last() {
-                self.floor = last.rv;
-            }
+            self.floor = self.history[HISTORY_LIMIT / 2 - 1].rv;
+            self.history.drain(..HISTORY_LIMIT / 2);
         }
         new
     }
@@ -345,13 +348,6 @@ impl Shared {
         let mut conns = lock(&self.conns);
         conns.retain(|c| !c.is_finished());
         conns.push(task);
-    }
-
-    fn write(&self, key: Key, new: Option<Value>) -> Option<Value> {
-        let mut store = self.store();
-        let stored = store.write(key, new);
-        self.changed.send_replace(store.rv);
-        stored
     }
 }
 
@@ -570,9 +566,9 @@ impl FakeApiServer {
         }
         // A replaced object keeps its identity, as an update would.
         let key = (kind, namespace, name);
-        let old = self.shared.store().objects.get(&key).cloned();
+        let mut store = self.shared.store();
         if let (Some(old), Some(meta)) = (
-            old,
+            store.objects.get(&key),
             object.get_mut("metadata").and_then(Value::as_object_mut),
         ) {
             for field in ["uid", "creationTimestamp"] {
@@ -584,7 +580,8 @@ impl FakeApiServer {
                 }
             }
         }
-        self.shared.write(key, Some(object));
+        store.write(key, Some(object));
+        self.shared.changed.send_replace(store.rv);
     }
 
     /// Creates or replaces a Node built by [`node_json`] with these pod
@@ -1001,10 +998,14 @@ impl hyper::body::Body for ChannelBody {
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
+    bytes_response(code, Bytes::from(body))
+}
+
+fn bytes_response(code: StatusCode, body: Bytes) -> Response<Body> {
     Response::builder()
         .status(code)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)).boxed())
+        .body(Full::new(body).boxed())
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
@@ -1413,11 +1414,14 @@ fn dispatch(
                 watch(shared, *kind, namespace.clone(), query, accept)
             }
             Method::GET => {
-                let list = list(&shared.store(), *kind, namespace.as_deref(), query)?;
+                let page = list(&shared.store(), *kind, namespace.as_deref(), query)?;
                 if accept.contains("as=Table") {
-                    Ok(json_response(StatusCode::OK, &table(*kind, &list)))
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &table(*kind, &page.to_value()),
+                    ))
                 } else {
-                    Ok(json_response(StatusCode::OK, &list))
+                    Ok(bytes_response(StatusCode::OK, page.body()))
                 }
             }
             Method::POST => create(shared, *kind, namespace.as_deref(), body),
@@ -1617,7 +1621,7 @@ fn list(
     kind: Kind,
     namespace: Option<&str>,
     query: &Query,
-) -> Result<Value, Failure> {
+) -> Result<ListPage, Failure> {
     let selectors = Selectors::parse(kind, namespace.map(str::to_owned), query)?;
     let mut start_after: Option<Key> = None;
     let snapshot_rv = if let Some(token) = query.get("continue").filter(|t| !t.is_empty()) {
@@ -1680,51 +1684,98 @@ fn list(
             }
         }
     };
-    let snapshot = if snapshot_rv == store.rv {
-        store
-            .objects
-            .iter()
-            .filter(|(k, _)| k.0 == kind)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    } else {
-        store.snapshot(kind, snapshot_rv)
-    };
-    let mut items: Vec<(Key, Value)> = snapshot
-        .into_iter()
-        .filter(|(k, _)| start_after.as_ref().is_none_or(|after| k > after))
-        .filter(|(k, v)| selectors.matches(k, v))
-        .collect();
     let limit = query
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(0);
-    let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
-    if limit > 0 && items.len() > limit {
-        let remaining = items.len() - limit;
-        items.truncate(limit);
-        if let Some((last, _)) = items.last() {
-            metadata["continue"] = json!(encode_continue(snapshot_rv, last));
+    let lower = match &start_after {
+        Some(after) => Bound::Excluded(after.clone()),
+        None => Bound::Included((kind, String::new(), String::new())),
+    };
+    // Served from the live objects (and their cached encodings) when the
+    // list is of the current version, else from a reconstructed snapshot.
+    let snapshot;
+    let objects = if snapshot_rv == store.rv {
+        &store.objects
+    } else {
+        snapshot = store.snapshot(kind, snapshot_rv);
+        &snapshot
+    };
+    let mut matching = objects
+        .range((lower, Bound::Unbounded))
+        .take_while(|(k, _)| k.0 == kind)
+        .filter(|(k, v)| selectors.matches(k, v));
+    let mut items = Vec::new();
+    let mut last = None;
+    for (key, object) in matching.by_ref() {
+        let encoded = match store.encoded.get(key) {
+            Some(bytes) if snapshot_rv == store.rv => bytes.clone(),
+            _ => list_item(object),
+        };
+        items.push(encoded);
+        last = Some(key);
+        if items.len() == limit {
+            break;
         }
+    }
+    let remaining = matching.count();
+    let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
+    if let (true, Some(last)) = (remaining > 0, last) {
+        metadata["continue"] = json!(encode_continue(snapshot_rv, last));
         metadata["remainingItemCount"] = json!(remaining);
     }
-    let items: Vec<Value> = items
-        .into_iter()
-        .map(|(_, mut v)| {
-            // List items carry no type fields, as the API server's.
-            if let Some(map) = v.as_object_mut() {
-                map.remove("kind");
-                map.remove("apiVersion");
+    Ok(ListPage {
+        kind,
+        metadata,
+        items,
+    })
+}
+
+/// An object encoded as a list item: without `kind` and `apiVersion`, as
+/// the API server's list items are.
+fn list_item(object: &Value) -> Bytes {
+    let encoded = match object.as_object() {
+        Some(map) if map.contains_key("kind") || map.contains_key("apiVersion") => {
+            let mut map = map.clone();
+            map.remove("kind");
+            map.remove("apiVersion");
+            serde_json::to_vec(&map)
+        }
+        _ => serde_json::to_vec(object),
+    };
+    Bytes::from(encoded.unwrap_or_default())
+}
+
+/// One page of a list.
+struct ListPage {
+    kind: Kind,
+    metadata: Value,
+    /// The items, each encoded by [`list_item`].
+    items: Vec<Bytes>,
+}
+
+impl ListPage {
+    /// The `<Kind>List` JSON, assembled from the encoded items.
+    fn body(&self) -> Bytes {
+        let mut out = format!(
+            r#"{{"kind":"{}List","apiVersion":"v1","metadata":{},"items":["#,
+            self.kind.name(),
+            self.metadata
+        )
+        .into_bytes();
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
-            v
-        })
-        .collect();
-    Ok(json!({
-        "kind": format!("{}List", kind.name()),
-        "apiVersion": "v1",
-        "metadata": metadata,
-        "items": items
-    }))
+            out.extend_from_slice(item);
+        }
+        out.extend_from_slice(b"]}\n");
+        Bytes::from(out)
+    }
+
+    fn to_value(&self) -> Value {
+        serde_json::from_slice(&self.body()).unwrap_or(Value::Null)
+    }
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC timestamp as [`rfc3339`]
@@ -2119,11 +2170,9 @@ async fn run_watch(shared: Arc<Shared>, request: WatchRequest, tx: mpsc::Sender<
                 done = true;
                 continue;
             }
-            for event in store
-                .history
-                .iter()
-                .filter(|e| e.rv > cur && e.key.0 == kind)
-            {
+            // The history is ordered by version: skip what was sent.
+            let start = store.history.partition_point(|e| e.rv <= cur);
+            for event in store.history[start..].iter().filter(|e| e.key.0 == kind) {
                 let was = event
                     .old
                     .as_ref()

@@ -922,3 +922,23 @@ fn kubectl_watches_nodes() {
         );
     }
 }
+
+#[tokio::test]
+async fn five_thousand_nodes_list_and_watch() {
+    let api = FakeApiServer::start(FakeOptions::default()).unwrap();
+    for i in 0..5000u32 {
+        let cidr = format!("10.{}.{}.0/24", 64 + i / 256, i % 256);
+        api.add_node_with_pod_cidrs(&format!("node-{i:04}"), &[&cidr], &[]);
+    }
+    let started = Instant::now();
+    let nodes: Api<Node> = Api::all(client(&api, "admin").await);
+    let mut events = spawn_watcher(nodes);
+    let init = next_events(&mut events, 5002).await;
+    assert_eq!(init.first().map(String::as_str), Some("init"));
+    assert_eq!(init.last().map(String::as_str), Some("init-done"));
+    // kube-rs lists in pages of 500.
+    assert_eq!(count(&api, "list", "nodes"), 10);
+    api.delete_node("node-1234");
+    assert_eq!(next_event(&mut events).await, "delete node-1234");
+    eprintln!("5,000 nodes listed and watched in {:?}", started.elapsed());
+}
