@@ -6,7 +6,8 @@
 //!
 //! * Discovery: `/api`, `/api/v1`, `/apis`, `/version` (enough for kubectl's
 //!   REST mapping); `/openapi/v2` and `/openapi/v3` answer 404, which
-//!   kubectl tolerates.
+//!   kubectl tolerates except for client-side validation (`kubectl replace`
+//!   and `create` need `--validate=false`).
 //! * Lists (`/api/v1/nodes`, `/api/v1/pods`, `/api/v1/namespaces/<ns>/pods`)
 //!   with `labelSelector`, `fieldSelector`, `limit`/`continue` paging and
 //!   `resourceVersion`/`resourceVersionMatch` (exact lists are served from
@@ -18,8 +19,10 @@
 //!   `k8s.io/initial-events-end` bookmark), periodic `BOOKMARK` events when
 //!   `allowWatchBookmarks=true`, `timeoutSeconds` honoured, and a
 //!   `410 Gone` `ERROR` event for a version older than the history kept
-//!   (see [`FakeApiServer::expire_history`]). Objects leaving or entering a
-//!   selector are sent as `DELETED` / `ADDED`, as the API server does.
+//!   (see [`FakeApiServer::expire_history`]; the history also forgets its
+//!   older half past [`HISTORY_LIMIT`] writes, like an etcd compaction).
+//!   Objects leaving or entering a selector are sent as `DELETED` /
+//!   `ADDED`, as the API server does; kubectl's watches get tables.
 //! * GET, PUT, PATCH (`application/strategic-merge-patch+json` with the
 //!   core/v1 merge keys such as `status.conditions` by `type`,
 //!   `application/merge-patch+json`, `application/json-patch+json`; other
@@ -41,7 +44,8 @@
 //! ClusterRole covers every call a client made.
 //!
 //! The server runs on its own tokio runtime (one worker thread), so it
-//! works from synchronous and asynchronous tests alike. Objects are kept as
+//! works from synchronous and asynchronous tests alike; it speaks HTTP/1.1
+//! only (ALPN `http/1.1`), which Go and Rust clients fall back to. Objects are kept as
 //! `serde_json::Value`, so tests can store content no typed client would
 //! produce.
 //!

@@ -263,12 +263,17 @@ async fn config(api: &FakeApiServer, user: &str) -> Config {
 /// and forwards its events as short descriptions; errors (a restarted or
 /// expired watch reports one before it recovers) are skipped.
 fn spawn_watcher(nodes: Api<Node>) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    spawn_watcher_with(nodes, watcher::Config::default())
+}
+
+fn spawn_watcher_with(
+    nodes: Api<Node>,
+    config: watcher::Config,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
-        let mut stream = watcher(nodes, watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut stream = watcher(nodes, config).default_backoff().boxed();
         while let Some(item) = stream.next().await {
             let description = match item {
                 Ok(Event::Init) => "init".to_owned(),
@@ -941,4 +946,37 @@ async fn five_thousand_nodes_list_and_watch() {
     api.delete_node("node-1234");
     assert_eq!(next_event(&mut events).await, "delete node-1234");
     eprintln!("5,000 nodes listed and watched in {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn kube_rs_streaming_list_watcher() {
+    let api = FakeApiServer::start(FakeOptions::default()).unwrap();
+    api.add_node_with_pod_cidrs("node-a", &["10.244.1.0/24"], &[]);
+    api.add_node_with_pod_cidrs("node-b", &["10.244.2.0/24"], &[]);
+    let nodes: Api<Node> = Api::all(client(&api, "admin").await);
+    let mut events = spawn_watcher_with(nodes, watcher::Config::default().streaming_lists());
+    // The initial state comes over the watch itself, ended by the
+    // `k8s.io/initial-events-end` bookmark; no list request.
+    assert_eq!(
+        next_events(&mut events, 4).await,
+        [
+            "init",
+            "init-apply node-a",
+            "init-apply node-b",
+            "init-done"
+        ]
+    );
+    api.delete_node("node-a");
+    assert_eq!(next_event(&mut events).await, "delete node-a");
+    assert_eq!(count(&api, "list", "nodes"), 0);
+    let watch = api
+        .requests()
+        .into_iter()
+        .find(|r| r.verb == "watch")
+        .unwrap();
+    assert!(
+        watch.query.contains("sendInitialEvents=true"),
+        "{}",
+        watch.query
+    );
 }
