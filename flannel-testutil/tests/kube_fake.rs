@@ -400,9 +400,21 @@ async fn kube_rs_lists_pages_and_gets() {
         "{missing}"
     );
 
-    let pods: Api<Pod> = Api::namespaced(client, "kube-flannel");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-flannel");
     let pod = pods.get("kube-flannel-ds-abcde").await.unwrap();
     assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("node-3"));
+    api.add_pod("kube-flannel", "kube-flannel-ds-fghij", "node-1");
+    api.add_pod("default", "web", "node-3");
+    let on_node_3 = Api::<Pod>::all(client)
+        .list(&ListParams::default().fields("spec.nodeName=node-3"))
+        .await
+        .unwrap();
+    let names: Vec<String> = on_node_3.items.iter().map(|p| p.name_any()).collect();
+    assert_eq!(names, ["web", "kube-flannel-ds-abcde"]);
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
 }
 
 #[tokio::test]
