@@ -80,6 +80,8 @@ struct Shared {
     codec: Arc<dyn Codec>,
     peers: PeerTableHandle,
     tun_name: String,
+    /// The UDP socket is AF_INET6.
+    v6_socket: bool,
     logged_send_error: AtomicBool,
     logged_tun_error: AtomicBool,
 }
@@ -118,6 +120,11 @@ impl EngineHandle {
         } else {
             OffloadMode::Batch
         }
+    }
+
+    /// The TUN's interface name.
+    pub fn tun_name(&self) -> &str {
+        &self.shared.tun_name
     }
 
     /// Whether received TCP segments are coalesced into GSO TUN writes.
@@ -223,6 +230,7 @@ impl Engine {
             codec,
             peers,
             tun_name: tun.name().to_string(),
+            v6_socket: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
             logged_send_error: AtomicBool::new(false),
             logged_tun_error: AtomicBool::new(false),
         });
@@ -299,7 +307,7 @@ struct DirectIo<'a> {
 
 impl Io for DirectIo<'_> {
     fn send_to(&mut self, dst: SocketAddr, datagram: &[u8]) {
-        match sys::send_to(self.sock, datagram, dst) {
+        match sys::send_to(self.sock, datagram, dst, self.shared.v6_socket) {
             Ok(_) => {
                 self.shared.stats.tx_datagrams.fetch_add(1, Relaxed);
             }
@@ -535,7 +543,7 @@ impl ThreadCtx {
             arena: vec![0u8; slot * self.batch.max(MAX_GSO_SEGMENTS)],
             used: 0,
             pending: Vec::with_capacity(self.batch * 2),
-            sender: sys::Sender::default(),
+            sender: sys::Sender::new(shared.v6_socket),
         };
         let mut rbuf = vec![0u8; TUN_READ];
         let mut logged_read = false;

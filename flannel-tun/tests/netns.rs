@@ -36,7 +36,7 @@ struct Pair {
 
 /// `a` = 10.77.1.1 on its TUN, underlay 192.168.77.1; `b` = 10.77.2.1,
 /// 192.168.77.2.
-fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>) -> Pair {
+fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>, b_dual_stack: bool) -> Pair {
     let n = N.fetch_add(1, Ordering::Relaxed);
     let tag = format!("{}{n}", std::process::id() % 100_000);
     let ns_a = NetNs::new("tuna").expect("creating namespace a");
@@ -46,7 +46,7 @@ fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>) -> Pair {
         .unwrap();
     ns_b.ip(&["addr", "add", "192.168.77.2/24", "dev", "eth0"])
         .unwrap();
-    let mk = |ns: NetNs, me: u8, other: u8, mode: Option<OffloadMode>, name: String| {
+    let mk = |ns: NetNs, me: u8, other: u8, mode: Option<OffloadMode>, name: String, dual: bool| {
         let peers = PeerTableHandle::new();
         peers.set(vec![(
             format!("10.77.{other}.0/24").parse().unwrap(),
@@ -58,8 +58,12 @@ fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>) -> Pair {
         let name2 = name.clone();
         let engine = ns.run(move || {
             let tun = open_tun(&TunConfig::new(name2, MTU)).expect("opening the TUN");
-            let sock =
-                UdpSocket::bind(SocketAddr::from(([192, 168, 77, me], PORT))).expect("binding UDP");
+            let sock = UdpSocket::bind(if dual {
+                SocketAddr::from(([0u16; 8], PORT))
+            } else {
+                SocketAddr::from(([192, 168, 77, me], PORT))
+            })
+            .expect("binding UDP");
             let opts = EngineOptions {
                 mode,
                 ..EngineOptions::default()
@@ -78,8 +82,8 @@ fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>) -> Pair {
             tun: name,
         }
     };
-    let a = mk(ns_a, 1, 2, mode_a, format!("fta{tag}"));
-    let b = mk(ns_b, 2, 1, mode_b, format!("ftb{tag}"));
+    let a = mk(ns_a, 1, 2, mode_a, format!("fta{tag}"), false);
+    let b = mk(ns_b, 2, 1, mode_b, format!("ftb{tag}"), b_dual_stack);
     Pair { a, b }
 }
 
@@ -168,7 +172,7 @@ fn check(p: Pair, mode_a: OffloadMode, mode_b: OffloadMode) {
     assert_eq!(ea.mode(), mode_a);
     assert_eq!(eb.mode(), mode_b);
     ping(&p);
-    let len = 48 << 20;
+    let len = 32 << 20;
     let (want, got, secs) = transfer(&p, len);
     assert_eq!(got, want, "SHA-256 of the received bytes differs");
     let sa = ea.stats().snapshot();
@@ -215,13 +219,13 @@ fn check(p: Pair, mode_a: OffloadMode, mode_b: OffloadMode) {
 
 #[test]
 fn gso_both_ways() {
-    check(pair(None, None), OffloadMode::Gso, OffloadMode::Gso);
+    check(pair(None, None, false), OffloadMode::Gso, OffloadMode::Gso);
 }
 
 #[test]
 fn forced_batch_both_ways() {
     check(
-        pair(Some(OffloadMode::Batch), Some(OffloadMode::Batch)),
+        pair(Some(OffloadMode::Batch), Some(OffloadMode::Batch), false),
         OffloadMode::Batch,
         OffloadMode::Batch,
     );
@@ -230,8 +234,15 @@ fn forced_batch_both_ways() {
 #[test]
 fn gso_sender_to_batch_receiver() {
     check(
-        pair(None, Some(OffloadMode::Batch)),
+        pair(None, Some(OffloadMode::Batch), false),
         OffloadMode::Gso,
         OffloadMode::Batch,
     );
+}
+
+/// b's socket is a dual-stack `[::]:8285`: IPv4 peers are sent to as
+/// v4-mapped addresses and received ones are reported as plain IPv4.
+#[test]
+fn dual_stack_socket() {
+    check(pair(None, None, true), OffloadMode::Gso, OffloadMode::Gso);
 }
