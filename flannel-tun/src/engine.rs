@@ -1,12 +1,13 @@
 //! The engine: threads that move packets between the TUN and the UDP socket.
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::codec::{Codec, Io, Packet, RxVerdict, TxVerdict};
 use crate::gro::Coalescer;
@@ -356,6 +357,9 @@ struct Pending {
     dst: SocketAddr,
 }
 
+/// How long a destination that refused GSO sends with EMSGSIZE gets single
+/// datagrams before GSO is tried again.
+const NARROW_RETRY: Duration = Duration::from_secs(10);
 /// Most segments the kernel accepts in one `UDP_SEGMENT` send.
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Most UDP payload bytes in one send (65,535 − 8 UDP − 20 IPv4).
@@ -372,6 +376,11 @@ struct TxState {
     used: usize,
     pending: Vec<Pending>,
     sender: sys::Sender,
+    logged_emsgsize: bool,
+    /// Destinations whose path refused GSO sends with EMSGSIZE, and until
+    /// when to send them single datagrams (then GSO is tried again, in case
+    /// the MTU was fixed).
+    narrow: HashMap<SocketAddr, Instant>,
 }
 
 impl TxState {
@@ -404,15 +413,19 @@ impl TxState {
         let mut start = 0;
         while start < self.pending.len() {
             let gso = shared.udp_gso.load(Relaxed);
-            let msgs = group(&self.pending[start..], &slices[start..], gso);
+            let now = Instant::now();
+            self.narrow.retain(|_, until| *until > now);
+            let narrow = &self.narrow;
+            let msgs = group(&self.pending[start..], &slices[start..], |d| {
+                gso && !narrow.contains_key(&d)
+            });
             let (sent, err) = self.sender.send(sfd, &msgs);
             account(shared, &msgs[..sent]);
             let Some(e) = err else { break };
             start += msgs[..sent].iter().map(datagrams).sum::<usize>();
             let failed = &msgs[sent];
-            if failed.segment_size > 0
-                && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
-            {
+            let action = on_send_error(failed.segment_size > 0, e.raw_os_error());
+            if action == SendErrorAction::DisableGso {
                 // The NIC or the path cannot do UDP GSO after all: resend
                 // the failed datagrams, and everything from now on, one per
                 // message. Happens once: the flag stays cleared.
@@ -422,6 +435,38 @@ impl TxState {
                     "UDP segmentation offload failed on {} ({e}); falling back to plain batching",
                     shared.tun_name
                 );
+            } else if action == SendErrorAction::ResendSingly {
+                // The path to this peer has a smaller MTU than the TUN's
+                // datagrams need (a misconfigured MTU): the kernel refuses
+                // to GSO-send datagrams it would have to fragment, but it
+                // fragments single ones, as Go flannel's sends are.
+                let n = datagrams(failed);
+                if !self.logged_emsgsize {
+                    self.logged_emsgsize = true;
+                    tracing::warn!(
+                        "The path to {} is narrower than the datagrams from {} ({e}); sending them one by one (fragmented)",
+                        failed.dst,
+                        shared.tun_name
+                    );
+                }
+                let singles = group(
+                    &self.pending[start..start + n],
+                    &slices[start..start + n],
+                    |_| false,
+                );
+                let mut off = 0;
+                while off < singles.len() {
+                    let (k, err) = self.sender.send(sfd, &singles[off..]);
+                    account(shared, &singles[off..off + k]);
+                    off += k;
+                    if let Some(e) = err {
+                        shared.send_failed(singles[off].dst, &e, 1);
+                        off += 1;
+                    }
+                }
+                self.narrow
+                    .insert(failed.dst, Instant::now() + NARROW_RETRY);
+                start += n;
             } else {
                 shared.send_failed(failed.dst, &e, datagrams(failed) as u64);
                 start += datagrams(failed);
@@ -430,6 +475,29 @@ impl TxState {
         drop(slices);
         self.pending.clear();
         self.used = 0;
+    }
+}
+
+/// What a failed `sendmmsg` entry leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendErrorAction {
+    /// EIO/EINVAL on a `UDP_SEGMENT` send: the kernel or device cannot do
+    /// UDP GSO; resend without it and never use it again (as quinn-udp).
+    DisableGso,
+    /// EMSGSIZE on a `UDP_SEGMENT` send: the path MTU is below the
+    /// datagram size; resend these datagrams one by one (the kernel
+    /// fragments single datagrams), keep GSO for the rest.
+    ResendSingly,
+    /// Anything else (no route, a full queue...): count the datagrams as
+    /// lost and go on.
+    Drop,
+}
+
+fn on_send_error(gso: bool, errno: Option<i32>) -> SendErrorAction {
+    match errno {
+        Some(libc::EIO) | Some(libc::EINVAL) if gso => SendErrorAction::DisableGso,
+        Some(libc::EMSGSIZE) if gso => SendErrorAction::ResendSingly,
+        _ => SendErrorAction::Drop,
     }
 }
 
@@ -480,13 +548,17 @@ fn account(shared: &Shared, msgs: &[OutMsg<'_>]) {
 /// messages: equal sizes with only the last one shorter, at most 64
 /// segments and 65,507 bytes each. Without `gso` every datagram is its own
 /// message. Each slice in `slices` is one datagram.
-fn group<'a>(pending: &[Pending], slices: &'a [IoSlice<'a>], gso: bool) -> Vec<OutMsg<'a>> {
+fn group<'a>(
+    pending: &[Pending],
+    slices: &'a [IoSlice<'a>],
+    gso: impl Fn(SocketAddr) -> bool,
+) -> Vec<OutMsg<'a>> {
     let mut msgs = Vec::with_capacity(pending.len());
     let mut i = 0;
     while i < pending.len() {
         let first = pending[i];
         let mut j = i + 1;
-        if gso {
+        if gso(first.dst) {
             let mut bytes = first.len;
             while j < pending.len()
                 && j - i < MAX_GSO_SEGMENTS
@@ -544,6 +616,8 @@ impl ThreadCtx {
             used: 0,
             pending: Vec::with_capacity(self.batch * 2),
             sender: sys::Sender::new(shared.v6_socket),
+            logged_emsgsize: false,
+            narrow: HashMap::new(),
         };
         let mut rbuf = vec![0u8; TUN_READ];
         let mut logged_read = false;
@@ -619,6 +693,7 @@ impl ThreadCtx {
                             });
                         }
                         TxVerdict::ToTun => io.write_tun(p.data()),
+                        TxVerdict::Consumed => {}
                         TxVerdict::Drop(r) => shared.stats.count_drop(r),
                     }
                 }
@@ -768,6 +843,20 @@ mod tests {
     }
 
     #[test]
+    fn send_error_classification() {
+        use SendErrorAction::*;
+        assert_eq!(on_send_error(true, Some(libc::EIO)), DisableGso);
+        assert_eq!(on_send_error(true, Some(libc::EINVAL)), DisableGso);
+        assert_eq!(on_send_error(true, Some(libc::EMSGSIZE)), ResendSingly);
+        assert_eq!(on_send_error(true, Some(libc::ENETUNREACH)), Drop);
+        // Without GSO the same errors are just lost datagrams.
+        assert_eq!(on_send_error(false, Some(libc::EIO)), Drop);
+        assert_eq!(on_send_error(false, Some(libc::EINVAL)), Drop);
+        assert_eq!(on_send_error(false, Some(libc::EMSGSIZE)), Drop);
+        assert_eq!(on_send_error(false, None), Drop);
+    }
+
+    #[test]
     fn gro_stride_splitting() {
         let c = |len, stride| gro_chunks(len, stride).collect::<Vec<_>>();
         assert_eq!(c(4000, Some(1500)), vec![0..1500, 1500..3000, 3000..4000]);
@@ -791,10 +880,10 @@ mod tests {
             p(1500, 2), // larger: new group
         ];
         let slices: Vec<IoSlice<'_>> = pend.iter().map(|q| IoSlice::new(&data[..q.len])).collect();
-        let g = group(&pend, &slices, true);
+        let g = group(&pend, &slices, |_| true);
         let shape: Vec<(usize, u16)> = g.iter().map(|m| (m.iov.len(), m.segment_size)).collect();
         assert_eq!(shape, vec![(3, 1400), (1, 0), (2, 1400), (1, 0)]);
-        let plain = group(&pend, &slices, false);
+        let plain = group(&pend, &slices, |_| false);
         assert!(
             plain
                 .iter()
@@ -804,7 +893,7 @@ mod tests {
         let many: Vec<Pending> = (0..100).map(|_| p(100, 1)).collect();
         let s: Vec<IoSlice<'_>> = many.iter().map(|q| IoSlice::new(&data[..q.len])).collect();
         assert_eq!(
-            group(&many, &s, true)
+            group(&many, &s, |_| true)
                 .iter()
                 .map(|m| m.iov.len())
                 .collect::<Vec<_>>(),
@@ -812,7 +901,7 @@ mod tests {
         );
         let big: Vec<Pending> = (0..60).map(|_| p(1448, 1)).collect();
         let s: Vec<IoSlice<'_>> = big.iter().map(|q| IoSlice::new(&data[..q.len])).collect();
-        let g = group(&big, &s, true);
+        let g = group(&big, &s, |_| true);
         assert_eq!(g[0].iov.len(), 65_507 / 1448);
         assert!(
             g.iter()

@@ -36,6 +36,7 @@ struct Pair {
 
 /// `a` = 10.77.1.1 on its TUN, underlay 192.168.77.1; `b` = 10.77.2.1,
 /// 192.168.77.2.
+/// b's socket is dual-stack with two TUN queues when `b_dual_stack`.
 fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>, b_dual_stack: bool) -> Pair {
     let n = N.fetch_add(1, Ordering::Relaxed);
     let tag = format!("{}{n}", std::process::id() % 100_000);
@@ -57,7 +58,11 @@ fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>, b_dual_stack: 
         )]);
         let name2 = name.clone();
         let engine = ns.run(move || {
-            let tun = open_tun(&TunConfig::new(name2, MTU)).expect("opening the TUN");
+            let mut cfg = TunConfig::new(name2, MTU);
+            // The dual-stack side also runs two queues (four datapath
+            // threads on one socket).
+            cfg.queues = if dual { 2 } else { 1 };
+            let tun = open_tun(&cfg).expect("opening the TUN");
             let sock = UdpSocket::bind(if dual {
                 SocketAddr::from(([0u16; 8], PORT))
             } else {
@@ -208,12 +213,21 @@ fn check(p: Pair, mode_a: OffloadMode, mode_b: OffloadMode) {
         "stop took {:?}",
         t0.elapsed()
     );
-    let links = a.ns.ip(&["-o", "link", "show"]).unwrap();
-    assert!(
-        !links.contains(&a.tun),
-        "TUN {} still present after stop: {links}",
-        a.tun
-    );
+    // The device goes when the last fd does; a child process another test
+    // forks at that moment holds a copy until it execs, so allow a moment.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let links = a.ns.ip(&["-o", "link", "show"]).unwrap();
+        if !links.contains(&a.tun) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "TUN {} still present 3 s after stop: {links}",
+            a.tun
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(b);
 }
 
@@ -241,8 +255,65 @@ fn gso_sender_to_batch_receiver() {
 }
 
 /// b's socket is a dual-stack `[::]:8285`: IPv4 peers are sent to as
-/// v4-mapped addresses and received ones are reported as plain IPv4.
+/// v4-mapped addresses and received ones are reported as plain IPv4. b's
+/// TUN has two queues.
 #[test]
 fn dual_stack_socket() {
     check(pair(None, None, true), OffloadMode::Gso, OffloadMode::Gso);
+}
+
+/// A persistent multi-queue TUN survives its owner and is re-attached by
+/// the next open (even asking for one queue); without persistence it goes
+/// away with the last fd.
+#[test]
+fn persistent_multi_queue_reattach() {
+    let ns = NetNs::new("tunp").expect("creating a namespace");
+    let name = format!("ftp{}", std::process::id() % 100_000);
+    let links = |ns: &NetNs| ns.ip(&["-o", "link", "show"]).unwrap();
+    let n2 = name.clone();
+    let (queues, offload) = ns.run(move || {
+        let mut cfg = TunConfig::new(n2.clone(), 1400);
+        cfg.queues = 2;
+        cfg.persist = true;
+        let t = open_tun(&cfg).expect("opening a persistent multi-queue TUN");
+        assert_eq!(t.name(), n2);
+        (t.queues(), t.offload())
+    });
+    assert_eq!(queues, 2);
+    assert!(offload, "this kernel accepts TUN offload");
+    let l = links(&ns);
+    assert!(
+        l.contains(&name) && l.contains("mtu 1400"),
+        "persistent TUN gone after close: {l}"
+    );
+    let n2 = name.clone();
+    ns.run(move || {
+        let mut cfg = TunConfig::new(n2, 1400);
+        cfg.persist = false;
+        let t = open_tun(&cfg).expect("re-attaching to the persistent TUN with one queue");
+        assert_eq!(t.queues(), 1);
+    });
+    let l = links(&ns);
+    assert!(!l.contains(&name), "non-persistent TUN still present: {l}");
+}
+
+/// With a's underlay MTU below the TUN's datagrams, GSO sends fail with
+/// EMSGSIZE; those datagrams are resent one by one (the kernel fragments
+/// them) while the engine stays in GSO mode, and the transfer is intact.
+/// (The EIO/EINVAL fallback to batching cannot be provoked in a namespace
+/// on this kernel; its classification is unit-tested.)
+#[test]
+fn narrow_underlay_resends_singly() {
+    let p = pair(None, None, false);
+    p.a.ns.ip(&["link", "set", "eth0", "mtu", "1400"]).unwrap();
+    let (want, got, _) = transfer(&p, 8 << 20);
+    assert_eq!(got, want, "SHA-256 with a narrow underlay");
+    let ea = p.a.engine.as_ref().unwrap();
+    let s = ea.stats().snapshot();
+    assert_eq!(ea.mode(), OffloadMode::Gso);
+    assert_eq!(s.drop_send_error, 0, "{s:?}");
+    // Every GSO send was refused (EMSGSIZE) and resent as single
+    // datagrams; after the first one the destination gets singles directly.
+    assert!(s.tx_superpackets > 0 && s.tx_gso_batches == 0, "{s:?}");
+    assert_eq!(s.tx_datagrams, s.tx_packets, "{s:?}");
 }
