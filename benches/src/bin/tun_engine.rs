@@ -10,13 +10,16 @@
 //!   a Go-style proxy achieves with batching on top);
 //! - `vxlan`: kernel vxlan over the same veth (MTU 1450), the baseline.
 //!
-//! Each row shows Gbit/s, the ratio to vxlan, and busy CPU (all cores, from
-//! `/proc/stat`, so other load on the machine counts too) per Gbit/s.
-//! Prints a table on stderr and one JSON figure line per engine row on
-//! stdout (`kind` comparison, baseline vxlan).
+//! All three stay set up and the rows run interleaved for ROUNDS rounds
+//! (the machine's load drifts; interleaving spreads the drift over every
+//! row). Each row shows the median Gbit/s, the ratio to vxlan, busy CPU of
+//! the whole machine (from `/proc/stat`, so other load counts too) per
+//! Gbit/s, and the engines' own CPU (this process) per Gbit/s. Prints a
+//! table on stderr and one JSON figure line per engine row on stdout
+//! (`kind` comparison, baseline vxlan).
 //!
-//! Usage: `tun_engine [SECONDS] [STREAMS]` (defaults 5 and 1). Needs root,
-//! iproute2 and iperf3.
+//! Usage: `tun_engine [SECONDS] [STREAMS] [ROUNDS]` (defaults 5, 1, 3).
+//! Needs root, iproute2 and iperf3.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
