@@ -49,13 +49,14 @@ fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>, b_dual_stack: 
         .unwrap();
     let mk = |ns: NetNs, me: u8, other: u8, mode: Option<OffloadMode>, name: String, dual: bool| {
         let peers = PeerTableHandle::new();
-        peers.set(vec![(
-            format!("10.77.{other}.0/24").parse().unwrap(),
-            Peer {
-                endpoint: SocketAddr::from(([192, 168, 77, other], PORT)),
-                id: u32::from(other),
-            },
-        )]);
+        let peer = Peer {
+            endpoint: SocketAddr::from(([192, 168, 77, other], PORT)),
+            id: u32::from(other),
+        };
+        peers.set(vec![
+            (format!("10.77.{other}.0/24").parse().unwrap(), peer),
+            (format!("fd77:{other}::/64").parse().unwrap(), peer),
+        ]);
         let name2 = name.clone();
         let engine = ns.run(move || {
             let mut cfg = TunConfig::new(name2, MTU);
@@ -80,6 +81,17 @@ fn pair(mode_a: Option<OffloadMode>, mode_b: Option<OffloadMode>, b_dual_stack: 
             .unwrap();
         ns.ip(&["link", "set", &name, "up"]).unwrap();
         ns.ip(&["route", "add", "10.77.0.0/16", "dev", &name])
+            .unwrap();
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("fd77:{me}::1/128"),
+            "dev",
+            &name,
+            "nodad",
+        ])
+        .unwrap();
+        ns.ip(&["-6", "route", "add", "fd77::/16", "dev", &name])
             .unwrap();
         Side {
             ns,
@@ -110,16 +122,21 @@ fn sha256(b: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// Sends `len` bytes from a to b over TCP; returns (sent hash, received
-/// hash, seconds).
+/// Sends `len` bytes from a to b over TCP/IPv4; returns (sent hash,
+/// received hash, seconds).
 fn transfer(p: &Pair, len: usize) -> (Vec<u8>, Vec<u8>, f64) {
+    transfer_to(p, len, "10.77.2.1:5201")
+}
+
+/// Sends `len` bytes from a to b's `dst` over TCP.
+fn transfer_to(p: &Pair, len: usize, dst: &str) -> (Vec<u8>, Vec<u8>, f64) {
     let payload = data(len);
     let want = sha256(&payload);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         let server = s.spawn(|| {
             p.b.ns.run(|| {
-                let l = TcpListener::bind("10.77.2.1:5201").expect("listening in b");
+                let l = TcpListener::bind(dst).expect("listening in b");
                 tx.send(()).unwrap();
                 let (mut c, _) = l.accept().expect("accepting");
                 c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -132,11 +149,8 @@ fn transfer(p: &Pair, len: usize) -> (Vec<u8>, Vec<u8>, f64) {
             .expect("server ready");
         let t0 = Instant::now();
         p.a.ns.run(|| {
-            let mut c = TcpStream::connect_timeout(
-                &"10.77.2.1:5201".parse().unwrap(),
-                Duration::from_secs(5),
-            )
-            .expect("connecting over the tunnel");
+            let mut c = TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(5))
+                .expect("connecting over the tunnel");
             c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
             c.write_all(&payload).expect("writing the transfer");
         });
@@ -233,7 +247,14 @@ fn check(p: Pair, mode_a: OffloadMode, mode_b: OffloadMode) {
 
 #[test]
 fn gso_both_ways() {
-    check(pair(None, None, false), OffloadMode::Gso, OffloadMode::Gso);
+    let p = pair(None, None, false);
+    // IPv6 inside the tunnel: TCPv6 superpackets segmented, coalesced
+    // TCPv6 writes accepted by the kernel.
+    let (want, got, _) = transfer_to(&p, 8 << 20, "[fd77:2::1]:5202");
+    assert_eq!(got, want, "SHA-256 of the IPv6 transfer differs");
+    let s = p.b.engine.as_ref().unwrap().stats().snapshot();
+    assert!(s.rx_coalesced_writes > 0, "no IPv6 coalescing: {s:?}");
+    check(p, OffloadMode::Gso, OffloadMode::Gso);
 }
 
 #[test]
