@@ -133,7 +133,14 @@ impl EngineHandle {
         self.shared.coalesce
     }
 
-    /// Stops the threads and waits for them.
+    /// `true` while every datapath thread is running (a thread only ends
+    /// early when a codec panics): for a liveness check.
+    pub fn is_running(&self) -> bool {
+        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
+    }
+
+    /// Stops the threads and waits for them (a few milliseconds: each one
+    /// wakes from `poll` on the stop eventfd).
     pub fn stop(mut self) {
         self.shutdown();
     }

@@ -190,6 +190,7 @@ fn check(p: Pair, mode_a: OffloadMode, mode_b: OffloadMode) {
     let eb = p.b.engine.as_ref().unwrap();
     assert_eq!(ea.mode(), mode_a);
     assert_eq!(eb.mode(), mode_b);
+    assert!(ea.is_running() && eb.is_running());
     ping(&p);
     let len = 32 << 20;
     let (want, got, secs) = transfer(&p, len);
