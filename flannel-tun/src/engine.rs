@@ -367,6 +367,8 @@ struct Pending {
 /// How long a destination that refused GSO sends with EMSGSIZE gets single
 /// datagrams before GSO is tried again.
 const NARROW_RETRY: Duration = Duration::from_secs(10);
+/// Datagram slots in the transmit arena (~400 KB at MTU 1500).
+const TX_ARENA_SLOTS: usize = 256;
 /// Most segments the kernel accepts in one `UDP_SEGMENT` send.
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Most UDP payload bytes in one send (65,535 − 8 UDP − 20 IPv4).
@@ -619,7 +621,11 @@ impl ThreadCtx {
         let slot = (headroom + mtu + codec.tailroom() + 63) & !63;
         let mut st = TxState {
             slot,
-            arena: vec![0u8; slot * self.batch.max(MAX_GSO_SEGMENTS)],
+            // Room for several superpackets: segments of consecutive
+            // superpackets of a flow then fill whole 64 KB sends instead of
+            // leaving a two-segment remainder per superpacket (a 64 KB TSO
+            // packet is ~46 segments, ~67 KB on the wire).
+            arena: vec![0u8; slot * self.batch.max(TX_ARENA_SLOTS)],
             used: 0,
             pending: Vec::with_capacity(self.batch * 2),
             sender: sys::Sender::new(shared.v6_socket),
