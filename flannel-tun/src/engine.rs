@@ -381,6 +381,8 @@ const RECV_BUF: usize = 65_536;
 /// Transmit-side buffers of one thread.
 struct TxState {
     slot: usize,
+    /// Slots the arena keeps at least (it grows for huge superpackets).
+    min_slots: usize,
     arena: Vec<u8>,
     used: usize,
     pending: Vec<Pending>,
@@ -392,9 +394,26 @@ struct TxState {
     narrow: HashMap<SocketAddr, Instant>,
 }
 
+/// A slot size for packets of up to `bytes` bytes (cache-line multiple).
+fn slot_size(bytes: usize) -> usize {
+    (bytes + 63) & !63
+}
+
 impl TxState {
     fn slots(&self) -> usize {
         self.arena.len() / self.slot
+    }
+
+    /// Sends what is pending and re-cuts the arena into slots of at least
+    /// `bytes` bytes.
+    fn grow_slots(&mut self, bytes: usize, ctx: &ThreadCtx) {
+        self.flush(ctx);
+        self.slot = slot_size(bytes);
+        self.arena.resize(self.slot * self.min_slots, 0);
+        tracing::info!(
+            "Packets of {bytes} bytes on {}: datapath buffers grown to match",
+            ctx.shared.tun_name
+        );
     }
 
     /// Makes room for `n` more slots, flushing first when needed.
@@ -616,9 +635,10 @@ impl ThreadCtx {
         let tfd = self.tun_fd();
         let sfd = self.socket.as_raw_fd();
         let headroom = codec.headroom();
+        let growth = headroom + codec.tailroom();
         let mtu = (self.tun.mtu() as usize).max(1500);
-        // Room for the codec's growth on both sides and an ICMP reply.
-        let slot = (headroom + mtu + codec.tailroom() + 63) & !63;
+        // Room for the codec's growth on both sides (and an ICMP reply).
+        let slot = slot_size(mtu + growth);
         let mut st = TxState {
             slot,
             // Room for several superpackets: segments of consecutive
@@ -626,6 +646,7 @@ impl ThreadCtx {
             // leaving a two-segment remainder per superpacket (a 64 KB TSO
             // packet is ~46 segments, ~67 KB on the wire).
             arena: vec![0u8; slot * self.batch.max(TX_ARENA_SLOTS)],
+            min_slots: self.batch.max(TX_ARENA_SLOTS),
             used: 0,
             pending: Vec::with_capacity(self.batch * 2),
             sender: sys::Sender::new(shared.v6_socket),
@@ -658,8 +679,8 @@ impl ThreadCtx {
                 let peer = table.lookup_packet(pkt).copied();
                 let plan = if h.gso_kind() != vnet::GSO_NONE {
                     match gso::plan(&h, pkt) {
-                        Ok(p) if p.full_len() + headroom <= slot => Some(p),
-                        _ => {
+                        Ok(p) => Some(p),
+                        Err(_) => {
                             shared.stats.drop_malformed.fetch_add(1, Relaxed);
                             continue;
                         }
@@ -667,6 +688,13 @@ impl ThreadCtx {
                 } else {
                     None
                 };
+                // The MTU may have been raised since the start (or was not
+                // given): grow the slots rather than drop.
+                let need = plan.as_ref().map_or(pkt.len(), |p| p.full_len()) + growth;
+                if need > st.slot {
+                    st.grow_slots(need, &self);
+                }
+                let slot = st.slot;
                 let (count, first_slot) = if let Some(plan) = &plan {
                     st.reserve(plan.count, &self);
                     let at = st.used;
@@ -674,7 +702,7 @@ impl ThreadCtx {
                     shared.stats.tx_superpackets.fetch_add(1, Relaxed);
                     (plan.count, at)
                 } else {
-                    if gso::complete_checksum(&h, pkt).is_err() || pkt.len() + headroom > slot {
+                    if gso::complete_checksum(&h, pkt).is_err() {
                         shared.stats.drop_malformed.fetch_add(1, Relaxed);
                         continue;
                     }

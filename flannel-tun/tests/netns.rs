@@ -339,3 +339,39 @@ fn narrow_underlay_resends_singly() {
     assert!(s.tx_superpackets > 0 && s.tx_gso_batches == 0, "{s:?}");
     assert_eq!(s.tx_datagrams, s.tx_packets, "{s:?}");
 }
+
+/// The TUN's MTU raised to 9000 after the engines started (jumbo underlay):
+/// the engines grow their buffers instead of dropping, and a full-size DF
+/// ping and a transfer cross.
+#[test]
+fn mtu_raised_after_start() {
+    let p = pair(None, None, false);
+    for side in [&p.a, &p.b] {
+        side.ns.ip(&["link", "set", "eth0", "mtu", "9100"]).unwrap();
+        side.ns
+            .ip(&["link", "set", &side.tun, "mtu", "9000"])
+            .unwrap();
+    }
+    let out =
+        p.a.ns
+            .exec(&[
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                "8972",
+                "10.77.2.1",
+            ])
+            .unwrap_or_else(|e| panic!("jumbo ping failed: {e}"));
+    assert!(out.contains("2 received"), "jumbo ping: {out}");
+    let (want, got, _) = transfer(&p, 8 << 20);
+    assert_eq!(got, want, "SHA-256 with MTU 9000");
+    let s = p.a.engine.as_ref().unwrap().stats().snapshot();
+    assert_eq!(s.drop_malformed, 0, "{s:?}");
+}
