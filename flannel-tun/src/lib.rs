@@ -30,6 +30,20 @@
 //! No async runtime is involved: the threads block in `poll` on their fd and
 //! an eventfd that `stop` signals.
 //!
+//! # Sizing and failures
+//! - The TUN MTU must leave room for the outer headers and the codec's
+//!   growth: underlay MTU − 28 (IPv4 + UDP) − `headroom` − `tailroom`. If a
+//!   datagram does not fit the path, `UDP_SEGMENT` sends fail with EMSGSIZE;
+//!   the engine then sends that peer single (kernel-fragmented) datagrams
+//!   for a while and logs it once.
+//! - EIO/EINVAL on a `UDP_SEGMENT` send switches the engine to plain
+//!   batching for good (logged once, `fallback_events`), as quinn-udp does.
+//! - A raised MTU is picked up (buffers grow); received datagrams up to
+//!   64 KB are accepted.
+//! - Coalesced TUN writes carry `CHECKSUM_PARTIAL`: inner checksums are not
+//!   verified again here, the outer UDP checksum (or the codec's AEAD)
+//!   covers the bytes on the wire.
+//!
 //! # Example
 //! ```no_run
 //! use std::sync::Arc;
