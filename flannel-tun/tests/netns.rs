@@ -27,6 +27,7 @@ struct Side {
     ns: NetNs,
     engine: Option<EngineHandle>,
     tun: String,
+    peers: PeerTableHandle,
 }
 
 struct Pair {
@@ -69,6 +70,7 @@ fn pair_with(
         ]);
         let name2 = name.clone();
         let codec = codec(peer.endpoint);
+        let handle = peers.clone();
         let engine = ns.run(move || {
             let mut cfg = TunConfig::new(name2, MTU);
             // The dual-stack side also runs two queues (four datapath
@@ -107,6 +109,7 @@ fn pair_with(
             ns,
             engine: Some(engine),
             tun: name,
+            peers: handle,
         }
     };
     let a = mk(ns_a, 1, 2, mode_a, format!("fta{tag}"), false);
@@ -519,4 +522,62 @@ fn transforming_codec() {
             "too few keepalives received"
         );
     }
+}
+
+/// The peer table replaced 5,000 leases at a time, over and over, during a
+/// transfer (a resync storm): not one packet finds no peer, the bytes are
+/// intact, and no swap takes long.
+#[test]
+fn peer_table_swaps_under_traffic() {
+    let p = pair(None, None, false);
+    let me = Peer {
+        endpoint: SocketAddr::from(([192, 168, 77, 2], PORT)),
+        id: 2,
+    };
+    let table = |round: u32| -> Vec<(ipnet::IpNet, Peer)> {
+        let mut v: Vec<(ipnet::IpNet, Peer)> = (0..5_000u32)
+            .map(|i| {
+                let net = format!("10.{}.{}.0/24", 100 + (i >> 8) % 100, i & 0xff);
+                let peer = Peer {
+                    endpoint: SocketAddr::from(([192, 168, 77, 200], PORT)),
+                    id: i + round,
+                };
+                (net.parse().unwrap(), peer)
+            })
+            .collect();
+        v.push(("10.77.2.0/24".parse().unwrap(), me));
+        v
+    };
+    let before = p.a.engine.as_ref().unwrap().stats().snapshot().drop_no_peer;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (result, (swaps, longest)) = std::thread::scope(|s| {
+        let swapper = s.spawn(|| {
+            let mut swaps = 0u32;
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                let t = table(swaps);
+                let t0 = Instant::now();
+                p.a.peers.set(t);
+                longest = longest.max(t0.elapsed());
+                swaps += 1;
+            }
+            (swaps, longest)
+        });
+        let r = transfer(&p, 16 << 20);
+        stop.store(true, Ordering::Relaxed);
+        (r, swapper.join().unwrap())
+    });
+    let (want, got, _) = result;
+    assert_eq!(got, want, "SHA-256 during table swaps");
+    let s = p.a.engine.as_ref().unwrap().stats().snapshot();
+    assert_eq!(
+        s.drop_no_peer, before,
+        "packets found no peer during swaps: {s:?}"
+    );
+    assert!(swaps >= 2, "only {swaps} swaps during the transfer");
+    assert!(
+        longest < Duration::from_millis(500),
+        "a 5,000-lease swap took {longest:?}"
+    );
+    eprintln!("{swaps} swaps of 5,001 prefixes during the transfer, longest {longest:?}");
 }
