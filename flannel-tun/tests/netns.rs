@@ -581,3 +581,32 @@ fn peer_table_swaps_under_traffic() {
     );
     eprintln!("{swaps} swaps of 5,001 prefixes during the transfer, longest {longest:?}");
 }
+
+/// A TUN without offload (as when the kernel refuses TUNSETOFFLOAD) makes
+/// the automatic mode choose plain batching, counted as a fallback.
+#[test]
+fn tun_without_offload_selects_batch() {
+    let ns = NetNs::new("tuno").expect("creating a namespace");
+    let name = format!("fto{}", std::process::id() % 100_000);
+    let (mode, fallbacks, offload) = ns.run(move || {
+        let mut cfg = TunConfig::new(name, 1400);
+        cfg.offload = false;
+        let tun = open_tun(&cfg).expect("opening the TUN");
+        let offload = tun.offload();
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("binding UDP");
+        let e = Engine::start(
+            tun,
+            sock,
+            Arc::new(PlainCodec),
+            PeerTableHandle::new(),
+            EngineOptions::default(),
+        )
+        .expect("starting the engine");
+        let r = (e.mode(), e.stats().snapshot().fallback_events, offload);
+        e.stop();
+        r
+    });
+    assert!(!offload);
+    assert_eq!(mode, OffloadMode::Batch);
+    assert_eq!(fallbacks, 1);
+}
