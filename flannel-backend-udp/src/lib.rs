@@ -1,0 +1,37 @@
+//! # flannel-backend-udp
+//!
+//! flannel's udp backend, wire-compatible with Go flannel's: every packet
+//! for another node's subnet travels as the raw inner IPv4 packet in the
+//! payload of one UDP datagram (no header of ours), sent to the node's
+//! public IP on the configured `Port` (default 8285).
+//!
+//! Go's backend is a single-threaded C proxy that moves one packet per
+//! system call. Here the datapath is the `flannel-tun` engine: a TUN with
+//! offloads (TSO superpackets segmented in userspace), UDP GSO sends that
+//! still put one inner packet in each datagram, UDP GRO receives coalesced
+//! back into TUN GSO writes, on threads of its own. Go's per-packet rules
+//! are kept ([`packet`]): the TTL is decremented in both directions, and a
+//! packet for a subnet no node holds is answered with an ICMP Net
+//! Unreachable written back into the TUN.
+//!
+//! Kernel state, as Go's: a TUN `flannel0` with `<subnet>.0/32`, MTU =
+//! interface MTU − 28, and the route `<Network> dev flannel0`; the UDP
+//! socket is bound to the interface address. Unlike Go's, the TUN is
+//! persistent: device, address and route outlive flanneld, so a restarted
+//! flanneld re-attaches and traffic resumes at once.
+//!
+//! The lease carries only `PublicIP` (`{"PublicIP":"…","PublicIPv6":null}`,
+//! no `BackendType`), and every remote lease becomes a peer whatever its
+//! backend type, as in Go. IPv4 only.
+//!
+//! Options (`Backend` object, keys case-insensitive): `Port`. The
+//! environment variable [`options::OFFLOAD_ENV`] (`FLANNEL_UDP_OFFLOAD=off`)
+//! switches the engine's offloads off.
+//!
+//! The host context must carry a [`flannel_netlink::SharedOps`].
+
+pub mod options;
+pub mod packet;
+pub mod peers;
+
+pub use options::{DEFAULT_PORT, OVERHEAD, TUN_NAME, TYPE, UdpOptions};
