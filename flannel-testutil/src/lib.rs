@@ -16,7 +16,7 @@
 //! Nothing here is meant for production code; this crate is `publish = false`.
 //!
 //! Features: `cluster` (off by default) adds the `cluster` module; it
-//! pulls in `etcd-client` and `tokio`; `tencent` adds fakes of Tencent Cloud's VPC API and metadata service (`tencent` module).
+//! pulls in `etcd-client` and `tokio`; `tencent` adds fakes of Tencent Cloud's VPC API and metadata service (`tencent` module); `goproxy` adds a stand-in for Go flannel's udp proxy (`goproxy` module).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +24,8 @@ use std::time::Duration;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod etcd;
+#[cfg(feature = "goproxy")]
+pub mod goproxy;
 pub mod logs;
 pub mod netns;
 #[cfg(feature = "tencent")]
