@@ -35,3 +35,34 @@ pub mod packet;
 pub mod peers;
 
 pub use options::{DEFAULT_PORT, OVERHEAD, TUN_NAME, TYPE, UdpOptions};
+pub mod codec;
+pub mod metrics;
+pub mod network;
+
+pub use codec::UdpCodec;
+pub use metrics::{DatapathStats, UdpMetrics};
+pub use network::UdpNetwork;
+
+use flannel_core::backend::{Backend, BackendError, Network, RegisterContext};
+use flannel_netlink::ops_from_host;
+
+/// The udp backend: a factory for [`UdpNetwork`]. The host context must
+/// carry a [`flannel_netlink::SharedOps`]; a [`UdpMetrics`] in it receives
+/// the running engine (for metrics).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UdpBackend;
+
+#[async_trait::async_trait]
+impl Backend for UdpBackend {
+    fn backend_type(&self) -> &'static str {
+        TYPE
+    }
+
+    async fn register_network(
+        &self,
+        ctx: &RegisterContext<'_>,
+    ) -> Result<Box<dyn Network>, BackendError> {
+        let ops = ops_from_host(ctx.host, TYPE)?;
+        Ok(Box::new(UdpNetwork::register(ops, ctx).await?))
+    }
+}
