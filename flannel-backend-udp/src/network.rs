@@ -3,7 +3,7 @@
 
 use crate::codec::UdpCodec;
 use crate::metrics::{DatapathStats, UdpMetrics};
-use crate::options::{OFFLOAD_ENV, OVERHEAD, TUN_NAME, TYPE, UdpOptions, offload_from_env};
+use crate::options::{OFFLOAD_ENV, OVERHEAD, TUN_NAME, UdpOptions, offload_from_env};
 use crate::peers::{PeerRoute, Skipped, peer_id, peer_table};
 use flannel_core::backend::{BackendError, Network, RegisterContext};
 use flannel_core::event::{EventKind, LeaseEvent};
@@ -200,7 +200,10 @@ impl UdpNetwork {
             if let IpAddr::V4(v4) = a.addr
                 && self.network.contains(v4)
             {
-                info!("removing {}/{} of an earlier lease from {TUN_NAME}", a.addr, a.prefix);
+                info!(
+                    "removing {}/{} of an earlier lease from {TUN_NAME}",
+                    a.addr, a.prefix
+                );
                 self.ops
                     .del_address(index, a.addr, a.prefix)
                     .await
@@ -230,6 +233,7 @@ impl UdpNetwork {
                 .await
                 .map_err(|e| dp(format!("link {TUN_NAME} up"), e))?;
         }
+        accept_local_answers();
         let want = [network_route(self.network, index)];
         let set = self.route_set();
         match self.routes.resync(&set, &want).await {
@@ -289,6 +293,23 @@ impl UdpNetwork {
             self.peers.set(engine_peers(&peers));
             self.current = peers;
         }
+    }
+}
+
+/// `net.ipv4.conf.flannel0.accept_local=1`. The Net Unreachable answers
+/// come from the TUN's own address (as Go's proxy sends them), and the
+/// kernel drops a packet arriving with a local source address as martian
+/// unless the device accepts local sources: without this, Go's answers
+/// never reach the sender. Best effort: a failure costs only the answers.
+fn accept_local_answers() {
+    let path = format!("/proc/sys/net/ipv4/conf/{TUN_NAME}/accept_local");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(&path, "1") {
+        warn!(
+            "cannot write 1 to {path} ({e}); the ICMP Net Unreachable answers for packets without a peer will be dropped by the kernel"
+        );
     }
 }
 
@@ -370,7 +391,10 @@ mod tests {
         );
         assert_eq!(
             (r.protocol, r.scope),
-            (flannel_netlink::RTPROT_BOOT, flannel_netlink::RT_SCOPE_UNIVERSE)
+            (
+                flannel_netlink::RTPROT_BOOT,
+                flannel_netlink::RT_SCOPE_UNIVERSE
+            )
         );
         let peers = engine_peers(&[PeerRoute {
             subnet: "10.5.2.0/24".parse().unwrap(),

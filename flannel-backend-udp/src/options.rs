@@ -68,8 +68,7 @@ impl UdpOptions {
                 )));
             }
         };
-        let e =
-            |e: JsonError| config_error(format!("error decoding UDP backend config: {}", e.0));
+        let e = |e: JsonError| config_error(format!("error decoding UDP backend config: {}", e.0));
         if let Some(v) = obj.int("Port", "int").map_err(e)? {
             o.port = u16::try_from(v)
                 .ok()
@@ -109,7 +108,10 @@ mod tests {
         assert_eq!(parse(r#"{"Type":"udp"}"#).unwrap().port, 8285);
         assert_eq!(parse(r#"{"Type":"udp","Port":9000}"#).unwrap().port, 9000);
         // Keys are case-insensitive and unknown keys ignored, as in Go.
-        assert_eq!(parse(r#"{"type":"udp","port":7000,"VNI":3}"#).unwrap().port, 7000);
+        assert_eq!(
+            parse(r#"{"type":"udp","port":7000,"VNI":3}"#).unwrap().port,
+            7000
+        );
     }
 
     #[test]

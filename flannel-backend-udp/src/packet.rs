@@ -281,7 +281,9 @@ mod tests {
     fn net_unreachable_quotes_options_and_pads_short_payloads() {
         let tun: Ipv4Addr = [10, 5, 1, 0].into();
         // IHL 6 (one option word), 2 payload bytes only.
-        let mut p = vec![0x46, 0, 0, 26, 0, 1, 0, 0, 64, 17, 0, 0, 10, 5, 1, 2, 10, 9, 9, 9];
+        let mut p = vec![
+            0x46, 0, 0, 26, 0, 1, 0, 0, 64, 17, 0, 0, 10, 5, 1, 2, 10, 9, 9, 9,
+        ];
         p.extend_from_slice(&[1, 1, 0, 0]); // NOP NOP EOL EOL
         p.extend_from_slice(&[0xaa, 0xbb]);
         let got = net_unreachable(tun, &p).unwrap();

@@ -82,12 +82,18 @@ mod tests {
     #[test]
     fn every_lease_type_becomes_a_peer_on_our_port() {
         let net: Ip4Net = "10.5.0.0/16".parse().unwrap();
-        let go_udp = lease("10.5.3.0-24", r#"{"PublicIP":"192.168.100.3","PublicIPv6":null}"#);
+        let go_udp = lease(
+            "10.5.3.0-24",
+            r#"{"PublicIP":"192.168.100.3","PublicIPv6":null}"#,
+        );
         let vxlan = lease(
             "10.5.2.0-24",
             r#"{"PublicIP":"192.168.100.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#,
         );
-        let outside = lease("10.9.0.0-24", r#"{"PublicIP":"192.168.100.9","PublicIPv6":null}"#);
+        let outside = lease(
+            "10.9.0.0-24",
+            r#"{"PublicIP":"192.168.100.9","PublicIPv6":null}"#,
+        );
         let no_ip = lease("10.5.7.0-24", r#"{"PublicIPv6":"fd00::7"}"#);
         let (peers, skipped) = peer_table(&[&go_udp, &vxlan, &outside, &no_ip], net, 9000);
         assert_eq!(

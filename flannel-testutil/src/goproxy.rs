@@ -245,7 +245,10 @@ impl GoProxy {
         let res = self
             .thread
             .take()
-            .map(|t| t.join().unwrap_or_else(|_| Err("the proxy panicked".into())))
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("the proxy panicked".into()))
+            })
             .unwrap_or(Ok(()));
         res.map(|()| self.stats())
     }
@@ -294,7 +297,9 @@ fn run(
             return Err(format!("poll: {e}"));
         }
         if fds[0].revents & libc::POLLIN != 0 {
-            let len = tun.read(&mut buf[..mtu]).map_err(|e| format!("read TUN: {e}"))?;
+            let len = tun
+                .read(&mut buf[..mtu])
+                .map_err(|e| format!("read TUN: {e}"))?;
             if len >= 20 {
                 let pkt = &mut buf[..len];
                 let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
@@ -318,9 +323,7 @@ fn run(
             }
         }
         if fds[1].revents & libc::POLLIN != 0 {
-            let (len, _) = sock
-                .recv_from(&mut buf)
-                .map_err(|e| format!("recv: {e}"))?;
+            let (len, _) = sock.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
             c.largest.fetch_max(len as u64, Ordering::Relaxed);
             let pkt = &mut buf[..len];
             let one_packet = len >= 20

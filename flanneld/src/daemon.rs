@@ -193,9 +193,7 @@ pub async fn run(opts: Options) -> Result<()> {
         // The udp backend attaches its engine here; /metrics reads it.
         let udp = flannel_backend_udp::UdpMetrics::default();
         host = host.with_extension(udp.clone());
-        health.set_backend_metrics(Arc::new(move || {
-            crate::metrics::udp_families(udp.read())
-        }));
+        health.set_backend_metrics(Arc::new(move || crate::metrics::udp_families(udp.read())));
     }
 
     let previous = read_subnet_env(&opts.subnet_file)?;
