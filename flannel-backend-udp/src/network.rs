@@ -6,13 +6,14 @@ use crate::metrics::{DatapathStats, UdpMetrics};
 use crate::options::{OFFLOAD_ENV, OVERHEAD, TUN_NAME, UdpOptions, offload_from_env};
 use crate::peers::{PeerRoute, Skipped, peer_id, peer_table};
 use flannel_core::backend::{BackendError, Network, RegisterContext};
-use flannel_core::event::{EventKind, LeaseEvent};
+use flannel_core::event::{EventKind, LeaseEvent, LeaseWatchResult};
 use flannel_core::ip::Ip4Net;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::reconcile::Reconciler;
 use flannel_netlink::sets::RouteSet;
 use flannel_netlink::{Family, Route, SharedOps};
 use flannel_tun::{Engine, EngineOptions, OffloadMode, Peer, PeerTableHandle, TunConfig};
+use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -155,6 +156,20 @@ impl UdpNetwork {
             current: Vec::new(),
         };
         net.configure_tun().await?;
+        // Peers before the first packet: without them the engine would
+        // answer every packet with Net Unreachable until the runner's first
+        // snapshot arrives (after a restart, traffic is already flowing).
+        match seed_leases(ctx, &net.lease).await {
+            Ok(leases) => {
+                let refs: Vec<&Lease> = leases.iter().collect();
+                net.update_peers(&refs);
+                info!(
+                    "udp: {} peers known before the datapath starts",
+                    net.current.len()
+                );
+            }
+            Err(why) => info!("udp: starting without peers until the first lease snapshot ({why})"),
+        }
         let engine_options = EngineOptions {
             // FLANNEL_UDP_OFFLOAD=off: the plain batching mode.
             mode: (!offload).then_some(OffloadMode::Batch),
@@ -293,6 +308,34 @@ impl UdpNetwork {
             self.peers.set(engine_peers(&peers));
             self.current = peers;
         }
+    }
+}
+
+/// How long registration waits for the leases to seed the peer table.
+const SEED_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The remote leases as the store lists them now (the first snapshot of a
+/// lease watch), for the peer table the engine starts with.
+async fn seed_leases(ctx: &RegisterContext<'_>, own: &Lease) -> Result<Vec<Lease>, String> {
+    let first = tokio::time::timeout(SEED_TIMEOUT, async {
+        let mut stream = ctx
+            .manager
+            .watch_leases()
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .next()
+            .await
+            .ok_or_else(|| "the lease watch ended".to_string())
+    })
+    .await
+    .map_err(|_| format!("no lease snapshot within {} s", SEED_TIMEOUT.as_secs()))??;
+    match first.map_err(|e| e.to_string())? {
+        LeaseWatchResult::Snapshot(leases) => Ok(leases
+            .into_iter()
+            .filter(|l| l.key() != own.key())
+            .collect()),
+        LeaseWatchResult::Events(_) => Err("the lease watch began with events".to_string()),
     }
 }
 
