@@ -195,30 +195,18 @@ impl Engine {
         set_buffers(sfd, opts.socket_buffer);
         let stats = Arc::new(EngineStats::default());
         let segment_ok = sys::setsockopt_int(sfd, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
-        let mode = match opts.mode {
-            Some(OffloadMode::Batch) => OffloadMode::Batch,
-            want => {
-                if tun.offload() && segment_ok {
-                    OffloadMode::Gso
-                } else {
-                    let why = if !tun.offload() {
-                        "the TUN has no offload"
-                    } else {
-                        "the socket refused UDP_SEGMENT"
-                    };
-                    if want == Some(OffloadMode::Gso) {
-                        tracing::warn!(
-                            "GSO mode asked for but {why}; using plain batching on {}",
-                            tun.name()
-                        );
-                    } else {
-                        tracing::info!("Using plain batching on {} because {why}", tun.name());
-                    }
-                    stats.fallback_events.fetch_add(1, Relaxed);
-                    OffloadMode::Batch
-                }
+        let (mode, why) = select_mode(opts.mode, tun.offload(), segment_ok);
+        if let Some(why) = why {
+            if opts.mode == Some(OffloadMode::Gso) {
+                tracing::warn!(
+                    "GSO mode asked for but {why}; using plain batching on {}",
+                    tun.name()
+                );
+            } else {
+                tracing::info!("Using plain batching on {} because {why}", tun.name());
             }
-        };
+            stats.fallback_events.fetch_add(1, Relaxed);
+        }
         if mode == OffloadMode::Batch {
             tun.disable_offload()?;
         } else if let Err(e) = sys::setsockopt_int(sfd, libc::SOL_UDP, libc::UDP_GRO, 1) {
@@ -437,6 +425,31 @@ impl TxState {
     }
 }
 
+/// The mode to run in, and why GSO was not possible when it was wanted
+/// (asked for, or automatic) but is refused.
+fn select_mode(
+    requested: Option<OffloadMode>,
+    tun_offload: bool,
+    udp_segment: bool,
+) -> (OffloadMode, Option<&'static str>) {
+    match requested {
+        Some(OffloadMode::Batch) => (OffloadMode::Batch, None),
+        _ if !tun_offload => (OffloadMode::Batch, Some("the TUN has no offload")),
+        _ if !udp_segment => (OffloadMode::Batch, Some("the socket refused UDP_SEGMENT")),
+        _ => (OffloadMode::Gso, None),
+    }
+}
+
+/// Splits a received message of `len` bytes into the datagrams `UDP_GRO`
+/// merged, `stride` bytes each (the last may be shorter); no stride means
+/// one datagram.
+fn gro_chunks(len: usize, stride: Option<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let stride = stride.filter(|&s| s > 0).unwrap_or(len.max(1));
+    (0..len)
+        .step_by(stride)
+        .map(move |off| off..(off + stride).min(len))
+}
+
 /// Number of datagrams in a message.
 fn datagrams(m: &OutMsg<'_>) -> usize {
     if m.segment_size == 0 { 1 } else { m.iov.len() }
@@ -644,10 +657,7 @@ impl ThreadCtx {
                         shared.stats.drop_malformed.fetch_add(1, Relaxed);
                         continue;
                     };
-                    let stride = m.stride.filter(|&s| s > 0).unwrap_or(m.len.max(1));
-                    let mut off = 0;
-                    while off < m.len {
-                        let end = (off + stride).min(m.len);
+                    for std::ops::Range { start: off, end } in gro_chunks(m.len, m.stride) {
                         shared.stats.rx_datagrams.fetch_add(1, Relaxed);
                         let mut io = DirectIo {
                             sock: sfd,
@@ -663,7 +673,6 @@ impl ThreadCtx {
                             RxVerdict::Consumed => {}
                             RxVerdict::Drop(r) => shared.stats.count_drop(r),
                         }
-                        off = end;
                     }
                 }
                 let bufs = &rx.bufs;
@@ -731,6 +740,34 @@ mod tests {
             len,
             dst: SocketAddr::from(([10, 0, 0, 1], port)),
         }
+    }
+
+    #[test]
+    fn mode_selection_and_fallback() {
+        use OffloadMode::*;
+        assert_eq!(select_mode(None, true, true), (Gso, None));
+        assert_eq!(select_mode(Some(Gso), true, true), (Gso, None));
+        assert_eq!(select_mode(Some(Batch), true, true), (Batch, None));
+        assert_eq!(select_mode(Some(Batch), false, false), (Batch, None));
+        assert_eq!(
+            select_mode(None, false, true),
+            (Batch, Some("the TUN has no offload"))
+        );
+        assert_eq!(
+            select_mode(Some(Gso), true, false),
+            (Batch, Some("the socket refused UDP_SEGMENT"))
+        );
+    }
+
+    #[test]
+    fn gro_stride_splitting() {
+        let c = |len, stride| gro_chunks(len, stride).collect::<Vec<_>>();
+        assert_eq!(c(4000, Some(1500)), vec![0..1500, 1500..3000, 3000..4000]);
+        assert_eq!(c(3000, Some(1500)), vec![0..1500, 1500..3000]);
+        assert_eq!(c(700, Some(1500)), vec![0..700]);
+        assert_eq!(c(700, None), vec![0..700]);
+        assert_eq!(c(700, Some(0)), vec![0..700]);
+        assert_eq!(c(0, None), vec![]);
     }
 
     #[test]
