@@ -86,20 +86,21 @@ fn replies(output: &str) -> Vec<(f64, u64, f64)> {
         .collect()
 }
 
-/// (longest gap between replies in ms, largest RTT in ms, replies lost) in
-/// the window `[from, to)`.
-fn window(r: &[(f64, u64, f64)], from: f64, to: f64) -> (f64, f64, u64) {
+/// (longest gap between replies in ms, largest RTT in ms, replies lost,
+/// seconds into the window the longest gap began) in the window
+/// `[from, to)`.
+fn window(r: &[(f64, u64, f64)], from: f64, to: f64) -> (f64, f64, u64, f64) {
     let w: Vec<&(f64, u64, f64)> = r.iter().filter(|x| x.0 >= from && x.0 < to).collect();
-    let gap = w
+    let (gap, at) = w
         .windows(2)
-        .map(|p| (p[1].0 - p[0].0) * 1000.0)
-        .fold(0.0, f64::max);
+        .map(|p| ((p[1].0 - p[0].0) * 1000.0, p[0].0 - from))
+        .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
     let rtt = w.iter().map(|x| x.2).fold(0.0, f64::max);
     let lost = w
         .windows(2)
         .map(|p| p[1].1.saturating_sub(p[0].1 + 1))
         .sum();
-    (gap, rtt, lost)
+    (gap, rtt, lost, at)
 }
 
 async fn write_leases(client: &mut Client) -> Res<()> {
@@ -168,6 +169,7 @@ fn bench(c: &mut Cluster) -> Res<Vec<Figure>> {
     // A periodic resync (every 10 s) with all of them.
     std::thread::sleep(Duration::from_secs(11));
     let t1 = Instant::now();
+    let deletes_at = unix_now();
     c.with_etcd(async |mut client: Client| delete_leases(&mut client).await)?;
     wait_known(c, 1.0)?;
     eprintln!(
@@ -182,13 +184,15 @@ fn bench(c: &mut Cluster) -> Res<Vec<Figure>> {
     let _ = pinger.wait();
     let text = std::fs::read_to_string(&out).map_err(err)?;
     let r = replies(&text);
-    let (qgap, qrtt, qlost) = window(&r, quiet_start, churn_start);
-    let (gap, rtt, lost) = window(&r, churn_start, churn_end);
+    let (qgap, qrtt, qlost, _) = window(&r, quiet_start, churn_start);
+    let (gap, rtt, lost, at) = window(&r, churn_start, churn_end);
     eprintln!(
         "  quiet {:.0} s: longest gap {qgap:.1} ms, largest RTT {qrtt:.2} ms, {qlost} lost; \
-         churn {:.0} s: longest gap {gap:.1} ms, largest RTT {rtt:.2} ms, {lost} lost",
+         churn {:.0} s: longest gap {gap:.1} ms ({at:.2} s after the first put; the deletes began at {:.2} s), \
+         largest RTT {rtt:.2} ms, {lost} lost",
         churn_start - quiet_start,
-        churn_end - churn_start
+        churn_end - churn_start,
+        deletes_at - churn_start
     );
     let fig = |name: &str, value: f64, unit: &'static str, base: f64| Figure {
         name: name.to_owned(),
