@@ -455,4 +455,27 @@ fn udp_restart_under_traffic() {
     // No stale state: one address, one route, the same subnet.
     check_tun(&c, 0, subnets[0]);
     assert_eq!(lease_subnet(&mut c, 0), subnets[0]);
+
+    // SIGTERM stops the engine and leaves the device and its route.
+    let status = c.daemon(0).terminate(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "flanneld's exit on SIGTERM: {status:?}"
+    );
+    assert!(
+        c.log(0).contains("udp datapath stopped"),
+        "the engine's stop in the log:\n{}",
+        c.log_tail(0, 20)
+    );
+    let link = c.ip(0, &["-d", "link", "show", "flannel0"]);
+    assert!(
+        link.contains("persist on"),
+        "flannel0 after SIGTERM: {link}"
+    );
+    // No process holds the TUN now, so the kernel marks the route linkdown.
+    let route = c.route_to(0, "10.244.0.0/16").unwrap_or_default();
+    assert!(
+        route.starts_with("10.244.0.0/16 dev flannel0"),
+        "the network route after SIGTERM: {route:?}"
+    );
 }
