@@ -127,6 +127,9 @@ pub enum TxVerdict {
     /// Write the packet (as it now is, e.g. replaced by an ICMP error) back
     /// into the TUN.
     ToTun,
+    /// The codec took care of it (e.g. copied it into a queue while a
+    /// handshake runs, sending through [`Io`] meanwhile); not a drop.
+    Consumed,
     /// Drop it.
     Drop(DropReason),
 }

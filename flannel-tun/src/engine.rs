@@ -1,12 +1,13 @@
 //! The engine: threads that move packets between the TUN and the UDP socket.
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::codec::{Codec, Io, Packet, RxVerdict, TxVerdict};
 use crate::gro::Coalescer;
@@ -80,6 +81,8 @@ struct Shared {
     codec: Arc<dyn Codec>,
     peers: PeerTableHandle,
     tun_name: String,
+    /// The UDP socket is AF_INET6.
+    v6_socket: bool,
     logged_send_error: AtomicBool,
     logged_tun_error: AtomicBool,
 }
@@ -120,12 +123,24 @@ impl EngineHandle {
         }
     }
 
+    /// The TUN's interface name.
+    pub fn tun_name(&self) -> &str {
+        &self.shared.tun_name
+    }
+
     /// Whether received TCP segments are coalesced into GSO TUN writes.
     pub fn coalescing(&self) -> bool {
         self.shared.coalesce
     }
 
-    /// Stops the threads and waits for them.
+    /// `true` while every datapath thread is running (a thread only ends
+    /// early when a codec panics): for a liveness check.
+    pub fn is_running(&self) -> bool {
+        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
+    }
+
+    /// Stops the threads and waits for them (a few milliseconds: each one
+    /// wakes from `poll` on the stop eventfd).
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -223,6 +238,7 @@ impl Engine {
             codec,
             peers,
             tun_name: tun.name().to_string(),
+            v6_socket: socket.local_addr().is_ok_and(|a| a.is_ipv6()),
             logged_send_error: AtomicBool::new(false),
             logged_tun_error: AtomicBool::new(false),
         });
@@ -299,7 +315,7 @@ struct DirectIo<'a> {
 
 impl Io for DirectIo<'_> {
     fn send_to(&mut self, dst: SocketAddr, datagram: &[u8]) {
-        match sys::send_to(self.sock, datagram, dst) {
+        match sys::send_to(self.sock, datagram, dst, self.shared.v6_socket) {
             Ok(_) => {
                 self.shared.stats.tx_datagrams.fetch_add(1, Relaxed);
             }
@@ -348,6 +364,11 @@ struct Pending {
     dst: SocketAddr,
 }
 
+/// How long a destination that refused GSO sends with EMSGSIZE gets single
+/// datagrams before GSO is tried again.
+const NARROW_RETRY: Duration = Duration::from_secs(10);
+/// Datagram slots in the transmit arena (~400 KB at MTU 1500).
+const TX_ARENA_SLOTS: usize = 256;
 /// Most segments the kernel accepts in one `UDP_SEGMENT` send.
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Most UDP payload bytes in one send (65,535 − 8 UDP − 20 IPv4).
@@ -360,15 +381,39 @@ const RECV_BUF: usize = 65_536;
 /// Transmit-side buffers of one thread.
 struct TxState {
     slot: usize,
+    /// Slots the arena keeps at least (it grows for huge superpackets).
+    min_slots: usize,
     arena: Vec<u8>,
     used: usize,
     pending: Vec<Pending>,
     sender: sys::Sender,
+    logged_emsgsize: bool,
+    /// Destinations whose path refused GSO sends with EMSGSIZE, and until
+    /// when to send them single datagrams (then GSO is tried again, in case
+    /// the MTU was fixed).
+    narrow: HashMap<SocketAddr, Instant>,
+}
+
+/// A slot size for packets of up to `bytes` bytes (cache-line multiple).
+fn slot_size(bytes: usize) -> usize {
+    (bytes + 63) & !63
 }
 
 impl TxState {
     fn slots(&self) -> usize {
         self.arena.len() / self.slot
+    }
+
+    /// Sends what is pending and re-cuts the arena into slots of at least
+    /// `bytes` bytes.
+    fn grow_slots(&mut self, bytes: usize, ctx: &ThreadCtx) {
+        self.flush(ctx);
+        self.slot = slot_size(bytes);
+        self.arena.resize(self.slot * self.min_slots, 0);
+        tracing::info!(
+            "Packets of {bytes} bytes on {}: datapath buffers grown to match",
+            ctx.shared.tun_name
+        );
     }
 
     /// Makes room for `n` more slots, flushing first when needed.
@@ -396,15 +441,19 @@ impl TxState {
         let mut start = 0;
         while start < self.pending.len() {
             let gso = shared.udp_gso.load(Relaxed);
-            let msgs = group(&self.pending[start..], &slices[start..], gso);
+            let now = Instant::now();
+            self.narrow.retain(|_, until| *until > now);
+            let narrow = &self.narrow;
+            let msgs = group(&self.pending[start..], &slices[start..], |d| {
+                gso && !narrow.contains_key(&d)
+            });
             let (sent, err) = self.sender.send(sfd, &msgs);
             account(shared, &msgs[..sent]);
             let Some(e) = err else { break };
             start += msgs[..sent].iter().map(datagrams).sum::<usize>();
             let failed = &msgs[sent];
-            if failed.segment_size > 0
-                && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
-            {
+            let action = on_send_error(failed.segment_size > 0, e.raw_os_error());
+            if action == SendErrorAction::DisableGso {
                 // The NIC or the path cannot do UDP GSO after all: resend
                 // the failed datagrams, and everything from now on, one per
                 // message. Happens once: the flag stays cleared.
@@ -414,6 +463,38 @@ impl TxState {
                     "UDP segmentation offload failed on {} ({e}); falling back to plain batching",
                     shared.tun_name
                 );
+            } else if action == SendErrorAction::ResendSingly {
+                // The path to this peer has a smaller MTU than the TUN's
+                // datagrams need (a misconfigured MTU): the kernel refuses
+                // to GSO-send datagrams it would have to fragment, but it
+                // fragments single ones, as Go flannel's sends are.
+                let n = datagrams(failed);
+                if !self.logged_emsgsize {
+                    self.logged_emsgsize = true;
+                    tracing::warn!(
+                        "The path to {} is narrower than the datagrams from {} ({e}); sending them one by one (fragmented)",
+                        failed.dst,
+                        shared.tun_name
+                    );
+                }
+                let singles = group(
+                    &self.pending[start..start + n],
+                    &slices[start..start + n],
+                    |_| false,
+                );
+                let mut off = 0;
+                while off < singles.len() {
+                    let (k, err) = self.sender.send(sfd, &singles[off..]);
+                    account(shared, &singles[off..off + k]);
+                    off += k;
+                    if let Some(e) = err {
+                        shared.send_failed(singles[off].dst, &e, 1);
+                        off += 1;
+                    }
+                }
+                self.narrow
+                    .insert(failed.dst, Instant::now() + NARROW_RETRY);
+                start += n;
             } else {
                 shared.send_failed(failed.dst, &e, datagrams(failed) as u64);
                 start += datagrams(failed);
@@ -422,6 +503,29 @@ impl TxState {
         drop(slices);
         self.pending.clear();
         self.used = 0;
+    }
+}
+
+/// What a failed `sendmmsg` entry leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendErrorAction {
+    /// EIO/EINVAL on a `UDP_SEGMENT` send: the kernel or device cannot do
+    /// UDP GSO; resend without it and never use it again (as quinn-udp).
+    DisableGso,
+    /// EMSGSIZE on a `UDP_SEGMENT` send: the path MTU is below the
+    /// datagram size; resend these datagrams one by one (the kernel
+    /// fragments single datagrams), keep GSO for the rest.
+    ResendSingly,
+    /// Anything else (no route, a full queue...): count the datagrams as
+    /// lost and go on.
+    Drop,
+}
+
+fn on_send_error(gso: bool, errno: Option<i32>) -> SendErrorAction {
+    match errno {
+        Some(libc::EIO) | Some(libc::EINVAL) if gso => SendErrorAction::DisableGso,
+        Some(libc::EMSGSIZE) if gso => SendErrorAction::ResendSingly,
+        _ => SendErrorAction::Drop,
     }
 }
 
@@ -472,13 +576,17 @@ fn account(shared: &Shared, msgs: &[OutMsg<'_>]) {
 /// messages: equal sizes with only the last one shorter, at most 64
 /// segments and 65,507 bytes each. Without `gso` every datagram is its own
 /// message. Each slice in `slices` is one datagram.
-fn group<'a>(pending: &[Pending], slices: &'a [IoSlice<'a>], gso: bool) -> Vec<OutMsg<'a>> {
+fn group<'a>(
+    pending: &[Pending],
+    slices: &'a [IoSlice<'a>],
+    gso: impl Fn(SocketAddr) -> bool,
+) -> Vec<OutMsg<'a>> {
     let mut msgs = Vec::with_capacity(pending.len());
     let mut i = 0;
     while i < pending.len() {
         let first = pending[i];
         let mut j = i + 1;
-        if gso {
+        if gso(first.dst) {
             let mut bytes = first.len;
             while j < pending.len()
                 && j - i < MAX_GSO_SEGMENTS
@@ -527,15 +635,23 @@ impl ThreadCtx {
         let tfd = self.tun_fd();
         let sfd = self.socket.as_raw_fd();
         let headroom = codec.headroom();
+        let growth = headroom + codec.tailroom();
         let mtu = (self.tun.mtu() as usize).max(1500);
-        // Room for the codec's growth on both sides and an ICMP reply.
-        let slot = (headroom + mtu + codec.tailroom() + 63) & !63;
+        // Room for the codec's growth on both sides (and an ICMP reply).
+        let slot = slot_size(mtu + growth);
         let mut st = TxState {
             slot,
-            arena: vec![0u8; slot * self.batch.max(MAX_GSO_SEGMENTS)],
+            // Room for several superpackets: segments of consecutive
+            // superpackets of a flow then fill whole 64 KB sends instead of
+            // leaving a two-segment remainder per superpacket (a 64 KB TSO
+            // packet is ~46 segments, ~67 KB on the wire).
+            arena: vec![0u8; slot * self.batch.max(TX_ARENA_SLOTS)],
+            min_slots: self.batch.max(TX_ARENA_SLOTS),
             used: 0,
             pending: Vec::with_capacity(self.batch * 2),
-            sender: sys::Sender::default(),
+            sender: sys::Sender::new(shared.v6_socket),
+            logged_emsgsize: false,
+            narrow: HashMap::new(),
         };
         let mut rbuf = vec![0u8; TUN_READ];
         let mut logged_read = false;
@@ -563,8 +679,8 @@ impl ThreadCtx {
                 let peer = table.lookup_packet(pkt).copied();
                 let plan = if h.gso_kind() != vnet::GSO_NONE {
                     match gso::plan(&h, pkt) {
-                        Ok(p) if p.full_len() + headroom <= slot => Some(p),
-                        _ => {
+                        Ok(p) => Some(p),
+                        Err(_) => {
                             shared.stats.drop_malformed.fetch_add(1, Relaxed);
                             continue;
                         }
@@ -572,6 +688,13 @@ impl ThreadCtx {
                 } else {
                     None
                 };
+                // The MTU may have been raised since the start (or was not
+                // given): grow the slots rather than drop.
+                let need = plan.as_ref().map_or(pkt.len(), |p| p.full_len()) + growth;
+                if need > st.slot {
+                    st.grow_slots(need, &self);
+                }
+                let slot = st.slot;
                 let (count, first_slot) = if let Some(plan) = &plan {
                     st.reserve(plan.count, &self);
                     let at = st.used;
@@ -579,7 +702,7 @@ impl ThreadCtx {
                     shared.stats.tx_superpackets.fetch_add(1, Relaxed);
                     (plan.count, at)
                 } else {
-                    if gso::complete_checksum(&h, pkt).is_err() || pkt.len() + headroom > slot {
+                    if gso::complete_checksum(&h, pkt).is_err() {
                         shared.stats.drop_malformed.fetch_add(1, Relaxed);
                         continue;
                     }
@@ -611,6 +734,7 @@ impl ThreadCtx {
                             });
                         }
                         TxVerdict::ToTun => io.write_tun(p.data()),
+                        TxVerdict::Consumed => {}
                         TxVerdict::Drop(r) => shared.stats.count_drop(r),
                     }
                 }
@@ -760,6 +884,20 @@ mod tests {
     }
 
     #[test]
+    fn send_error_classification() {
+        use SendErrorAction::*;
+        assert_eq!(on_send_error(true, Some(libc::EIO)), DisableGso);
+        assert_eq!(on_send_error(true, Some(libc::EINVAL)), DisableGso);
+        assert_eq!(on_send_error(true, Some(libc::EMSGSIZE)), ResendSingly);
+        assert_eq!(on_send_error(true, Some(libc::ENETUNREACH)), Drop);
+        // Without GSO the same errors are just lost datagrams.
+        assert_eq!(on_send_error(false, Some(libc::EIO)), Drop);
+        assert_eq!(on_send_error(false, Some(libc::EINVAL)), Drop);
+        assert_eq!(on_send_error(false, Some(libc::EMSGSIZE)), Drop);
+        assert_eq!(on_send_error(false, None), Drop);
+    }
+
+    #[test]
     fn gro_stride_splitting() {
         let c = |len, stride| gro_chunks(len, stride).collect::<Vec<_>>();
         assert_eq!(c(4000, Some(1500)), vec![0..1500, 1500..3000, 3000..4000]);
@@ -783,10 +921,10 @@ mod tests {
             p(1500, 2), // larger: new group
         ];
         let slices: Vec<IoSlice<'_>> = pend.iter().map(|q| IoSlice::new(&data[..q.len])).collect();
-        let g = group(&pend, &slices, true);
+        let g = group(&pend, &slices, |_| true);
         let shape: Vec<(usize, u16)> = g.iter().map(|m| (m.iov.len(), m.segment_size)).collect();
         assert_eq!(shape, vec![(3, 1400), (1, 0), (2, 1400), (1, 0)]);
-        let plain = group(&pend, &slices, false);
+        let plain = group(&pend, &slices, |_| false);
         assert!(
             plain
                 .iter()
@@ -796,7 +934,7 @@ mod tests {
         let many: Vec<Pending> = (0..100).map(|_| p(100, 1)).collect();
         let s: Vec<IoSlice<'_>> = many.iter().map(|q| IoSlice::new(&data[..q.len])).collect();
         assert_eq!(
-            group(&many, &s, true)
+            group(&many, &s, |_| true)
                 .iter()
                 .map(|m| m.iov.len())
                 .collect::<Vec<_>>(),
@@ -804,7 +942,7 @@ mod tests {
         );
         let big: Vec<Pending> = (0..60).map(|_| p(1448, 1)).collect();
         let s: Vec<IoSlice<'_>> = big.iter().map(|q| IoSlice::new(&data[..q.len])).collect();
-        let g = group(&big, &s, true);
+        let g = group(&big, &s, |_| true);
         assert_eq!(g[0].iov.len(), 65_507 / 1448);
         assert!(
             g.iter()

@@ -14,6 +14,10 @@ use crate::vnet::{self, VnetHdr};
 #[error("malformed packet from the TUN: {0}")]
 pub struct Malformed(pub &'static str);
 
+/// More segments than any sane MSS gives for 64 KB (TCP's minimum MSS
+/// gives ~1,400; UDP GSO allows 128): refused rather than buffered.
+pub const MAX_SEGMENTS: usize = 1024;
+
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
@@ -96,6 +100,9 @@ pub fn plan(h: &VnetHdr, pkt: &[u8]) -> Result<SegmentPlan, Malformed> {
     }
     let payload = pkt.len() - hl;
     let count = payload.div_ceil(mss).max(1);
+    if count > MAX_SEGMENTS {
+        return Err(Malformed("GSO packet with more than 1,024 segments"));
+    }
     Ok(SegmentPlan {
         count,
         hl,

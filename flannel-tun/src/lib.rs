@@ -30,6 +30,32 @@
 //! No async runtime is involved: the threads block in `poll` on their fd and
 //! an eventfd that `stop` signals.
 //!
+//! # Why the syscalls are written here
+//! `tun-rs` 2.8 and `quinn-udp` 0.6 were weighed against the ~500 lines of
+//! syscall wrappers here. Measured on this project's machine
+//! on the same 64 KB TCP superpacket (45 × 1420): segmentation costs about
+//! the same (flannel-tun 8–10 µs, tun-rs `gso_split` 7–8 µs, byte-identical
+//! segments), but coalescing 45 segments back costs 2 µs here (the TUN
+//! write is a `writev` of slices of the receive buffers) against 14–16 µs
+//! for tun-rs's GRO table, which copies every payload into the first
+//! buffer. `quinn-udp` wants each GSO batch in one contiguous buffer (one
+//! more copy) and owns the socket state. Keeping one implementation also
+//! keeps one place for the checksum, segmentation and coalescing rules.
+//!
+//! # Sizing and failures
+//! - The TUN MTU must leave room for the outer headers and the codec's
+//!   growth: underlay MTU − 28 (IPv4 + UDP) − `headroom` − `tailroom`. If a
+//!   datagram does not fit the path, `UDP_SEGMENT` sends fail with EMSGSIZE;
+//!   the engine then sends that peer single (kernel-fragmented) datagrams
+//!   for a while and logs it once.
+//! - EIO/EINVAL on a `UDP_SEGMENT` send switches the engine to plain
+//!   batching for good (logged once, `fallback_events`), as quinn-udp does.
+//! - A raised MTU is picked up (buffers grow); received datagrams up to
+//!   64 KB are accepted.
+//! - Coalesced TUN writes carry `CHECKSUM_PARTIAL`: inner checksums are not
+//!   verified again here, the outer UDP checksum (or the codec's AEAD)
+//!   covers the bytes on the wire.
+//!
 //! # Example
 //! ```no_run
 //! use std::sync::Arc;

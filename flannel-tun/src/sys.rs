@@ -188,8 +188,8 @@ pub fn writev(fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
 }
 
 /// `sendto(2)` of one datagram.
-pub fn send_to(fd: RawFd, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
-    let (sa, len) = sockaddr(dst);
+pub fn send_to(fd: RawFd, buf: &[u8], dst: SocketAddr, v6_socket: bool) -> io::Result<usize> {
+    let (sa, len) = sockaddr(dst, v6_socket);
     // SAFETY: buf and the sockaddr are valid for the lengths passed.
     cvt_size(unsafe {
         libc::sendto(
@@ -203,7 +203,15 @@ pub fn send_to(fd: RawFd, buf: &[u8], dst: SocketAddr) -> io::Result<usize> {
     })
 }
 
-fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+/// `a` as a `sockaddr`; for an IPv6 socket an IPv4 address becomes
+/// `::ffff:a.b.c.d` (an AF_INET address is refused there with EINVAL).
+fn sockaddr(a: SocketAddr, v6_socket: bool) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let a = match a {
+        SocketAddr::V4(v4) if v6_socket => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        a => a,
+    };
     // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     let len = match a {
@@ -249,8 +257,17 @@ fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
             // SAFETY: the family says the storage holds a sockaddr_in6.
             let sin6 =
                 unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d;
+            // peers are configured with their IPv4 address.
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Some(SocketAddr::V4(SocketAddrV4::new(
+                    v4,
+                    u16::from_be(sin6.sin6_port),
+                )));
+            }
             Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                ip,
                 u16::from_be(sin6.sin6_port),
                 sin6.sin6_flowinfo,
                 sin6.sin6_scope_id,
@@ -278,6 +295,8 @@ const CMSG_BUF: usize = 32;
 /// Reusable storage for `sendmmsg`.
 #[derive(Default)]
 pub struct Sender {
+    /// The socket is AF_INET6 (IPv4 destinations are sent v4-mapped).
+    v6_socket: bool,
     addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
     cmsgs: Vec<[u64; CMSG_BUF / 8]>,
     hdrs: Vec<libc::mmsghdr>,
@@ -292,6 +311,14 @@ impl std::fmt::Debug for Sender {
 }
 
 impl Sender {
+    /// Storage for a socket of the given family.
+    pub fn new(v6_socket: bool) -> Sender {
+        Sender {
+            v6_socket,
+            ..Sender::default()
+        }
+    }
+
     /// Sends `msgs` with as few `sendmmsg` calls as the kernel allows.
     /// Returns how many messages were sent before an error, and that error
     /// (the failing message is `msgs[sent]`); `EINTR` is retried.
@@ -300,7 +327,7 @@ impl Sender {
         self.cmsgs.clear();
         self.hdrs.clear();
         for m in msgs {
-            self.addrs.push(sockaddr(m.dst));
+            self.addrs.push(sockaddr(m.dst, self.v6_socket));
             self.cmsgs.push([0u64; CMSG_BUF / 8]);
         }
         for (i, m) in msgs.iter().enumerate() {

@@ -10,13 +10,16 @@
 //!   a Go-style proxy achieves with batching on top);
 //! - `vxlan`: kernel vxlan over the same veth (MTU 1450), the baseline.
 //!
-//! Each row shows Gbit/s, the ratio to vxlan, and busy CPU (all cores, from
-//! `/proc/stat`, so other load on the machine counts too) per Gbit/s.
-//! Prints a table on stderr and one JSON figure line per engine row on
-//! stdout (`kind` comparison, baseline vxlan).
+//! All three stay set up and the rows run interleaved for ROUNDS rounds
+//! (the machine's load drifts; interleaving spreads the drift over every
+//! row). Each row shows the median Gbit/s, the ratio to vxlan, busy CPU of
+//! the whole machine (from `/proc/stat`, so other load counts too) per
+//! Gbit/s, and the engines' own CPU (this process) per Gbit/s. Prints a
+//! table on stderr and one JSON figure line per engine row on stdout
+//! (`kind` comparison, baseline vxlan).
 //!
-//! Usage: `tun_engine [SECONDS] [STREAMS]` (defaults 5 and 1). Needs root,
-//! iproute2 and iperf3.
+//! Usage: `tun_engine [SECONDS] [STREAMS] [ROUNDS]` (defaults 5, 1, 3).
+//! Needs root, iproute2 and iperf3.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -112,19 +115,29 @@ fn iperf(a: &NetNs, b: &NetNs, dst: &str, secs: u32, streams: u32) -> Res<(f64, 
     Ok((gbps, busy_cores / gbps, (self1 - self0) / wall))
 }
 
-fn engine(ns: &NetNs, me: u8, other: u8, tun: &str, mode: OffloadMode) -> Res<EngineHandle> {
+/// An engine in `ns` for mode `mode`: TUN `tun` with `10.<net>.<me>.1/32`,
+/// route `10.<net>.0.0/16`, UDP port `port`.
+fn engine(
+    ns: &NetNs,
+    me: u8,
+    other: u8,
+    tun: &str,
+    mode: OffloadMode,
+    net: u8,
+    port: u16,
+) -> Res<EngineHandle> {
     let peers = PeerTableHandle::new();
     peers.set(vec![(
-        format!("10.78.{other}.0/24").parse().map_err(err)?,
+        format!("10.{net}.{other}.0/24").parse().map_err(err)?,
         Peer {
-            endpoint: SocketAddr::from(([192, 168, 78, other], PORT)),
+            endpoint: SocketAddr::from(([192, 168, 78, other], port)),
             id: 0,
         },
     )]);
     let name = tun.to_string();
     let h = ns.run(move || -> Res<EngineHandle> {
         let tun = open_tun(&TunConfig::new(name, 1472)).map_err(err)?;
-        let sock = UdpSocket::bind(SocketAddr::from(([192, 168, 78, me], PORT))).map_err(err)?;
+        let sock = UdpSocket::bind(SocketAddr::from(([192, 168, 78, me], port))).map_err(err)?;
         let opts = EngineOptions {
             mode: Some(mode),
             ..EngineOptions::default()
@@ -134,18 +147,24 @@ fn engine(ns: &NetNs, me: u8, other: u8, tun: &str, mode: OffloadMode) -> Res<En
     if h.mode() != mode {
         return Err(format!("engine started in {} mode, not {mode}", h.mode()));
     }
-    ns.ip(&["addr", "add", &format!("10.78.{me}.1/32"), "dev", tun])
+    ns.ip(&["addr", "add", &format!("10.{net}.{me}.1/32"), "dev", tun])
         .map_err(err)?;
     ns.ip(&["link", "set", tun, "up"]).map_err(err)?;
-    ns.ip(&["route", "add", "10.78.0.0/16", "dev", tun])
+    ns.ip(&["route", "add", &format!("10.{net}.0.0/16"), "dev", tun])
         .map_err(err)?;
     Ok(h)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 fn run() -> Res<()> {
     let mut args = std::env::args().skip(1);
     let secs: u32 = args.next().map_or(Ok(5), |s| s.parse()).map_err(err)?;
     let streams: u32 = args.next().map_or(Ok(1), |s| s.parse()).map_err(err)?;
+    let rounds: usize = args.next().map_or(Ok(3), |s| s.parse()).map_err(err)?;
     let a = NetNs::new("tea").map_err(err)?;
     let b = NetNs::new("teb").map_err(err)?;
     veth_pair(&a, "eth0", &b, "eth0").map_err(err)?;
@@ -154,7 +173,6 @@ fn run() -> Res<()> {
     b.ip(&["addr", "add", "192.168.78.2/24", "dev", "eth0"])
         .map_err(err)?;
     let tag = std::process::id() % 100_000;
-    let mut rows = Vec::new();
 
     // Kernel vxlan on the same veth.
     for (ns, me, other) in [(&a, 1, 2), (&b, 2, 1)] {
@@ -173,65 +191,101 @@ fn run() -> Res<()> {
         ])
         .map_err(err)?;
     }
-    eprintln!("running vxlan ({secs} s, {streams} stream(s))");
-    let (gbps, cpu, _) = iperf(&a, &b, "10.79.0.2", secs, streams)?;
-    rows.push(Row {
-        name: "vxlan",
-        gbps,
-        cpu_per_gbps: cpu,
-        engine_cpu: None,
-    });
-
-    for (name, mode) in [("gso", OffloadMode::Gso), ("batch", OffloadMode::Batch)] {
-        eprintln!("running engine in {mode} mode");
-        let ea = engine(&a, 1, 2, &format!("te{tag}a"), mode)?;
-        let eb = engine(&b, 2, 1, &format!("te{tag}b"), mode)?;
-        let r = iperf(&a, &b, "10.78.2.1", secs, streams);
-        let (sa, sb) = (ea.stats().snapshot(), eb.stats().snapshot());
-        ea.stop();
-        eb.stop();
-        let (gbps, cpu, ecpu) = r?;
-        eprintln!(
-            "  sender: {} packets in {} datagrams, {} GSO sends, {} superpackets; receiver: {} coalesced writes for {} packets; drops {} / {}",
-            sa.tx_packets,
-            sa.tx_datagrams,
-            sa.tx_gso_batches,
-            sa.tx_superpackets,
-            sb.rx_coalesced_writes,
-            sb.rx_packets,
-            sa.drops(),
-            sb.drops()
-        );
-        rows.push(Row {
-            name,
-            gbps,
-            cpu_per_gbps: cpu,
-            engine_cpu: Some(ecpu),
-        });
+    // Both engine pairs stay up for the whole run (an idle engine's threads
+    // sleep in poll), so the rows can be interleaved: the machine's load
+    // drifts, and interleaving spreads the drift over every row.
+    let gso = [
+        engine(&a, 1, 2, &format!("te{tag}g"), OffloadMode::Gso, 78, PORT)?,
+        engine(&b, 2, 1, &format!("te{tag}g"), OffloadMode::Gso, 78, PORT)?,
+    ];
+    let batch = [
+        engine(
+            &a,
+            1,
+            2,
+            &format!("te{tag}b"),
+            OffloadMode::Batch,
+            80,
+            PORT + 1,
+        )?,
+        engine(
+            &b,
+            2,
+            1,
+            &format!("te{tag}b"),
+            OffloadMode::Batch,
+            80,
+            PORT + 1,
+        )?,
+    ];
+    let setups: [(&str, &str, Option<&[EngineHandle; 2]>); 3] = [
+        ("vxlan", "10.79.0.2", None),
+        ("gso", "10.78.2.1", Some(&gso)),
+        ("batch", "10.80.2.1", Some(&batch)),
+    ];
+    let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); 3];
+    for round in 0..rounds {
+        for (i, (name, dst, _)) in setups.iter().enumerate() {
+            eprintln!(
+                "round {}/{rounds}: {name} ({secs} s, {streams} stream(s))",
+                round + 1
+            );
+            let (gbps, cpu, ecpu) = iperf(&a, &b, dst, secs, streams)?;
+            samples[i].0.push(gbps);
+            samples[i].1.push(cpu);
+            samples[i].2.push(ecpu / gbps);
+        }
     }
+    for (name, _, engines) in &setups {
+        if let Some([ea, eb]) = engines {
+            let (sa, sb) = (ea.stats().snapshot(), eb.stats().snapshot());
+            eprintln!(
+                "{name}: sender {} packets in {} datagrams, {} GSO sends, {} superpackets; receiver {} coalesced writes for {} packets; drops {} / {}",
+                sa.tx_packets,
+                sa.tx_datagrams,
+                sa.tx_gso_batches,
+                sa.tx_superpackets,
+                sb.rx_coalesced_writes,
+                sb.rx_packets,
+                sa.drops(),
+                sb.drops()
+            );
+        }
+    }
+    let rows: Vec<Row> = setups
+        .iter()
+        .zip(samples.iter_mut())
+        .map(|((name, _, engines), (g, c, e))| Row {
+            name,
+            gbps: median(g),
+            cpu_per_gbps: median(c),
+            engine_cpu: engines.map(|_| median(e)),
+        })
+        .collect();
+    drop(gso);
+    drop(batch);
 
     let base = rows[0].gbps;
     eprintln!();
+    eprintln!("medians of {rounds} interleaved round(s):");
     eprintln!(
-        "{:<8} {:>9} {:>10} {:>16} {:>22}",
-        "row", "Gbit/s", "vs vxlan", "busy cores/Gbps", "engine threads (cores)"
+        "{:<8} {:>9} {:>10} {:>24} {:>26}",
+        "row", "Gbit/s", "vs vxlan", "machine busy cores/Gbps", "engine threads cores/Gbps"
     );
     for r in &rows {
         eprintln!(
-            "{:<8} {:>9.2} {:>9.2}x {:>16.2} {:>22}",
+            "{:<8} {:>9.2} {:>9.2}x {:>24.2} {:>26}",
             r.name,
             r.gbps,
             r.gbps / base,
             r.cpu_per_gbps,
-            r.engine_cpu.map_or("-".to_string(), |c| format!("{c:.2}"))
+            r.engine_cpu.map_or("-".to_string(), |c| format!("{c:.3}"))
         );
     }
-    if let (Some(g), Some(bt)) = (
-        rows.iter().find(|r| r.name == "gso"),
-        rows.iter().find(|r| r.name == "batch"),
-    ) {
-        eprintln!("gso / batch: {:.1}x", g.gbps / bt.gbps);
-    }
+    eprintln!(
+        "(machine busy cores count every process on the machine; engine threads = this process's CPU time)"
+    );
+    eprintln!("gso / batch: {:.1}x", rows[1].gbps / rows[2].gbps);
     for r in &rows[1..] {
         let f = Figure {
             name: format!("tun engine {} iperf3 {streams} stream(s)", r.name),
