@@ -28,6 +28,11 @@
 //! environment variable [`options::OFFLOAD_ENV`] (`FLANNEL_UDP_OFFLOAD=off`)
 //! switches the engine's offloads off.
 //!
+//! The engine runs on threads of its own; the network's
+//! [driver](flannel_core::backend::Network::take_driver) only watches them
+//! and ends with an error if one dies. Shutdown stops the engine and leaves
+//! the TUN, its address and its route in place.
+//!
 //! The host context must carry a [`flannel_netlink::SharedOps`].
 
 pub mod options;

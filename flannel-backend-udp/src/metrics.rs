@@ -53,6 +53,12 @@ impl UdpMetrics {
         })
     }
 
+    /// `None` when no engine is attached (not started, or stopped by the
+    /// network's shutdown), else whether all its threads still run.
+    pub fn running(&self) -> Option<bool> {
+        self.lock().as_ref().map(|e| e.is_running())
+    }
+
     /// Hands the running engine over (the slot owns it from now on).
     pub(crate) fn attach(&self, engine: EngineHandle) {
         if let Some(old) = self.lock().replace(engine) {

@@ -5,7 +5,7 @@ use crate::codec::UdpCodec;
 use crate::metrics::{DatapathStats, UdpMetrics};
 use crate::options::{OFFLOAD_ENV, OVERHEAD, TUN_NAME, UdpOptions, offload_from_env};
 use crate::peers::{PeerRoute, Skipped, peer_id, peer_table};
-use flannel_core::backend::{BackendError, Network, RegisterContext};
+use flannel_core::backend::{BackendError, Driver, Network, RegisterContext};
 use flannel_core::event::{EventKind, LeaseEvent, LeaseWatchResult};
 use flannel_core::ip::Ip4Net;
 use flannel_core::lease::{Lease, LeaseAttrs};
@@ -19,6 +19,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
+
+/// How often the driver checks that the engine's threads still run.
+pub const ENGINE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the TUN's address, link state and route are checked and
 /// repaired, and the peer table rebuilt from all leases.
@@ -393,6 +396,30 @@ impl Network for UdpNetwork {
 
     fn resync_interval(&self) -> Option<Duration> {
         Some(RESYNC_INTERVAL)
+    }
+
+    /// The engine runs on threads of its own; the driver only watches
+    /// them. It ends cleanly once the shutdown has stopped the engine, and
+    /// with an error when a datapath thread died (a codec panic): flanneld
+    /// then exits for its supervisor to restart it, and the persistent TUN
+    /// keeps the outage short.
+    fn take_driver(&mut self) -> Option<Driver> {
+        let metrics = self.metrics.clone();
+        Some(Box::pin(async move {
+            let mut tick = tokio::time::interval(ENGINE_CHECK_INTERVAL);
+            loop {
+                tick.tick().await;
+                match metrics.running() {
+                    Some(true) => {}
+                    None => return Ok(()),
+                    Some(false) => {
+                        return Err(BackendError::Refused(format!(
+                            "the udp datapath on {TUN_NAME} stopped: a datapath thread ended unexpectedly"
+                        )));
+                    }
+                }
+            }
+        }))
     }
 
     async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
