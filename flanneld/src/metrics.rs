@@ -242,3 +242,36 @@ pub fn udp_families(stats: Option<flannel_backend_udp::DatapathStats>) -> String
     );
     out
 }
+
+#[cfg(all(test, feature = "udp"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_families_render_counters_and_mode() {
+        assert_eq!(udp_families(None), "");
+        let mut stats = flannel_backend_udp::DatapathStats {
+            counters: Default::default(),
+            mode: "batch",
+            coalescing: false,
+        };
+        stats.counters.tx_packets = 7;
+        stats.counters.rx_bytes = 1500;
+        stats.counters.drop_ttl = 2;
+        let text = udp_families(Some(stats));
+        for line in [
+            "# TYPE flannel_udp_packets_total counter",
+            "flannel_udp_packets_total{direction=\"tx\"} 7",
+            "flannel_udp_bytes_total{direction=\"rx\"} 1500",
+            "flannel_udp_drops_total{reason=\"ttl\"} 2",
+            "flannel_udp_drops_total{reason=\"no_peer\"} 0",
+            "flannel_udp_offload_mode{mode=\"gso\"} 0",
+            "flannel_udp_offload_mode{mode=\"batch\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
+}
