@@ -184,17 +184,17 @@ pub async fn run(opts: Options) -> Result<()> {
     let backend =
         backends::create(&config.backend_type_lower()).context("Error fetching backend")?;
     let ops: SharedOps = Arc::new(netlink.clone());
-    #[allow(unused_mut)] // extended per backend feature
-    let mut host = HostContext::default()
+    let host = HostContext::default()
         .with_env(|name| std::env::var(name).ok())
         .with_extension(ops);
+    // The udp backend attaches its engine here; /metrics reads it.
     #[cfg(feature = "udp")]
-    {
-        // The udp backend attaches its engine here; /metrics reads it.
+    let host = {
         let udp = flannel_backend_udp::UdpMetrics::default();
-        host = host.with_extension(udp.clone());
-        health.set_backend_metrics(Arc::new(move || crate::metrics::udp_families(udp.read())));
-    }
+        let read = udp.clone();
+        health.set_backend_metrics(Arc::new(move || crate::metrics::udp_families(read.read())));
+        host.with_extension(udp)
+    };
 
     let previous = read_subnet_env(&opts.subnet_file)?;
     let (prev4, w4) = previous.previous_subnet();
