@@ -4,12 +4,13 @@
 #
 #   scripts/bench-datapath.sh [SECONDS]     # iperf3 -t SECONDS per run (default 5)
 #
-# For each backend (vxlan, host-gw) two 2-host topologies (network namespaces
-# on a bridge, one pod per host) are built side by side:
+# For each backend (vxlan, host-gw, udp, udp-batch) two 2-host topologies
+# (network namespaces on a bridge, one pod per host) are built side by side:
 #   ours      flanneld on the embedded local store + our `flannel` CNI plugin
 #             (delegating to Debian's `bridge` and `host-local`), as demo.sh;
 #   baseline  no flanneld, no CNI: vxlan device / routes, bridge and pod veth
-#             made by hand with ip(8) (vxlan: MTU 1450, host-gw: MTU 1500),
+#             made by hand with ip(8) (vxlan: MTU 1450, host-gw: MTU 1500;
+#             the udp rows are measured against kernel vxlan, MTU 1450),
 #             on the same subnets and pod addresses as ours, carrying the
 #             same iptables rules: each ours host's rules (flanneld's
 #             FLANNEL-FWD forward accepts, and the bridge plugin's per-pod
@@ -17,10 +18,17 @@
 #             runs without --ip-masq) are copied with iptables-save |
 #             iptables-restore and checked to be identical, so the kernel
 #             does the same netfilter work (conntrack, NAT) on both sides.
+# udp is our userspace datapath (flannel-tun: TUN offload, UDP GSO/GRO);
+# udp-batch is the same with FLANNEL_UDP_OFFLOAD=off (plain batching, what a
+# Go-style per-packet proxy can reach at best).
 # iperf3 runs pod 1 -> pod 2 with 1 and with 4 streams; ours and baseline
 # alternate, 3 runs each, and the median of end.sum_received.bits_per_second
-# is reported. Results: a table on stdout, and one JSON object per figure in
-# target/bench-datapath.jsonl (overwritten; kind "comparison": like for like).
+# is reported, with the CPU used per Gbit/s: iperf3's own CPU at both ends
+# (end.cpu_utilization_percent, which includes the kernel work done in its
+# threads) plus both flanneld processes' (their datapath threads), in % of
+# one core per Gbit/s. Results: a table on stdout, and one JSON object per
+# figure in target/bench-datapath.jsonl (overwritten; kind "comparison":
+# like for like). BENCH_BACKENDS="udp udp-batch" limits the backends.
 #
 # Run as root on Debian; it installs what it needs and builds in release mode.
 set -euo pipefail
@@ -28,14 +36,14 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,25p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,34p' "$0"; exit 0 ;; esac
 SECS=${1:-5}
 [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]  (a positive integer)" >&2; exit 2; }
 [ $# -le 1 ] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "bench-datapath.sh needs root (network namespaces)" >&2; exit 1; }
 RUNS=3
 STREAMS=(1 4)
-BACKENDS=(vxlan host-gw)
+read -r -a BACKENDS <<<"${BENCH_BACKENDS:-vxlan host-gw udp udp-batch}"
 
 START=$(date +%s.%N)
 
@@ -92,17 +100,22 @@ hosts() {
 }
 
 # ours BACKEND PREFIX: flanneld per host + one pod per host through our CNI.
+# udp-batch is the udp backend with FLANNEL_UDP_OFFLOAD=off.
+FLANNELD_PIDS=()
 ours() {
-    local B=$1 P=$2 i d out
+    local B=$1 P=$2 i d out type=$1 offload=on
+    [ "$B" = udp-batch ] && { type=udp; offload=off; }
     hosts "$P"
     mkdir -p "$WORK/$P/store"
-    echo "{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"$B\"}}" >"$WORK/$P/store/config"
+    echo "{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"$type\"}}" >"$WORK/$P/store/config"
+    FLANNELD_PIDS=()
     for i in 1 2; do
         d="$WORK/$P/h$i"
         mkdir -p "$d"
-        ip netns exec "$P-h$i" "$BIN/flanneld" --iface=eth0 "--subnet-file=$d/subnet.env" \
+        ip netns exec "$P-h$i" env FLANNEL_UDP_OFFLOAD=$offload "$BIN/flanneld" --iface=eth0 "--subnet-file=$d/subnet.env" \
             --subnet-manager=local "--local-store-dir=$WORK/$P/store" >"$d/flanneld.log" 2>&1 &
         PIDS+=($!)
+        FLANNELD_PIDS+=($!)
     done
     for i in 1 2; do
         d="$WORK/$P/h$i"
@@ -160,6 +173,8 @@ copy_rules() {
 baseline() {
     local B=$1 P=$2 O=$3 i j h mtu net_i net_j gw pod
     hosts "$P"
+    # The udp rows compare against kernel vxlan.
+    case "$B" in udp | udp-batch) B=vxlan ;; esac
     if [ "$B" = vxlan ]; then mtu=1450; else mtu=1500; fi
     for i in 1 2; do
         h="$P-h$i"
@@ -216,13 +231,34 @@ ready() {
     return 1
 }
 
-# measure PREFIX DST STREAMS: prints received Gbit/s of one iperf3 run.
+# cpu_ticks PID...: the processes' user + system CPU time, in clock ticks.
+cpu_ticks() {
+    local pid t=0 f
+    for pid in "$@"; do
+        f=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || f=0
+        t=$((t + ${f:-0}))
+    done
+    echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+
+# measure PREFIX DST STREAMS [PID...]: prints the received Gbit/s of one
+# iperf3 run and the CPU used (in % of one core: iperf3 at both ends plus
+# the processes PID..., e.g. flanneld), separated by a space.
 measure() {
-    local P=$1 dst=$2 n=$3 f="$WORK/$1-iperf3.json" try v
+    local P=$1 dst=$2 n=$3 f="$WORK/$1-iperf3.json" try v c0 c1 t0 t1 cpu
+    shift 3
     for try in 1 2 3; do
+        c0=$(cpu_ticks "$@")
+        t0=$(date +%s.%N)
         if ip netns exec "$P-p1" iperf3 -c "$dst" -t "$SECS" -P "$n" -J >"$f" 2>&1 &&
             v=$(jq -er '.end.sum_received.bits_per_second / 1e9' "$f" 2>/dev/null); then
-            echo "$v"
+            c1=$(cpu_ticks "$@")
+            t1=$(date +%s.%N)
+            cpu=$(jq -r '.end.cpu_utilization_percent | .host_total + .remote_total' "$f")
+            cpu=$(awk -v i="$cpu" -v a="$c0" -v b="$c1" -v hz="$HZ" -v s="$t0" -v e="$t1" \
+                'BEGIN {printf "%.1f", i + (b - a) / hz / (e - s) * 100}')
+            echo "$v $cpu"
             return 0
         fi
         echo "  iperf3 failed (try $try): $(jq -r '.error // empty' "$f" 2>/dev/null || head -c 200 "$f")" >&2
@@ -234,7 +270,7 @@ measure() {
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 label() { if [ "$1" = 1 ]; then echo "$2 1 stream"; else echo "$2 $1 streams"; fi; }
 
-declare -A OURS BASE
+declare -A OURS BASE OCPU BCPU
 NAMES=()
 for B in "${BACKENDS[@]}"; do
     say "$B: ours (flanneld + flannel CNI) and baseline (hand-made) topologies"
@@ -253,24 +289,30 @@ for B in "${BACKENDS[@]}"; do
         NAMES+=("$name")
         OURS[$name]=""
         BASE[$name]=""
+        OCPU[$name]=""
+        BCPU[$name]=""
     done
     for r in $(seq 1 $RUNS); do
         for n in "${STREAMS[@]}"; do
             name=$(label "$n" "$B")
-            o=$(measure "${TAG}o" "$DST_O" "$n")
-            b=$(measure "${TAG}b" "$DST_B" "$n")
+            read -r o oc < <(measure "${TAG}o" "$DST_O" "$n" "${FLANNELD_PIDS[@]}")
+            read -r b bc < <(measure "${TAG}b" "$DST_B" "$n")
+            [ -n "${o:-}" ] && [ -n "${b:-}" ] || { echo "iperf3 failed for $name" >&2; exit 1; }
             OURS[$name]+=" $o"
             BASE[$name]+=" $b"
-            printf '  run %d/%d %-18s ours %6.2f  baseline %6.2f Gbit/s\n' "$r" "$RUNS" "$name" "$o" "$b"
+            OCPU[$name]+=" $(awk -v c="$oc" -v g="$o" 'BEGIN {printf "%.1f", (g > 0 ? c / g : 0)}')"
+            BCPU[$name]+=" $(awk -v c="$bc" -v g="$b" 'BEGIN {printf "%.1f", (g > 0 ? c / g : 0)}')"
+            printf '  run %d/%d %-22s ours %6.2f Gbit/s (CPU %5.1f%%)  baseline %6.2f Gbit/s (CPU %5.1f%%)\n' \
+                "$r" "$RUNS" "$name" "$o" "$oc" "$b" "$bc"
         done
     done
     cleanup
 done
 
-say "results (iperf3 -t $SECS, median of $RUNS runs, pod 1 -> pod 2)"
+say "results (iperf3 -t $SECS, median of $RUNS runs, pod 1 -> pod 2; CPU in % of one core per Gbit/s)"
 : >"$OUT"
-printf '%-18s | %13s | %17s | %5s\n' name "ours (Gbit/s)" "baseline (Gbit/s)" ratio
-printf '%-18s-+-%13s-+-%17s-+-%5s\n' "------------------" "-------------" "-----------------" "-----"
+printf '%-22s | %13s | %17s | %5s | %9s | %13s\n' name "ours (Gbit/s)" "baseline (Gbit/s)" ratio "ours CPU" "baseline CPU"
+printf '%-22s-+-%13s-+-%17s-+-%5s-+-%9s-+-%13s\n' "----------------------" "-------------" "-----------------" "-----" "---------" "-------------"
 for name in "${NAMES[@]}"; do
     # shellcheck disable=SC2086 # word-split the run list on purpose
     o=$(median ${OURS[$name]})
@@ -279,13 +321,40 @@ for name in "${NAMES[@]}"; do
     o=$(awk -v x="$o" 'BEGIN {printf "%.3f", x}')
     b=$(awk -v x="$b" 'BEGIN {printf "%.3f", x}')
     ratio=$(awk -v x="$o" -v y="$b" 'BEGIN {printf "%.3f", (y > 0 ? x / y : 0)}')
-    printf '%-18s | %13.2f | %17.2f | %5.2f\n' "$name" "$o" "$b" "$ratio"
+    # shellcheck disable=SC2086
+    oc=$(median ${OCPU[$name]})
+    # shellcheck disable=SC2086
+    bc=$(median ${BCPU[$name]})
+    printf '%-22s | %13.2f | %17.2f | %5.2f | %9.1f | %13.1f\n' "$name" "$o" "$b" "$ratio" "$oc" "$bc"
     case "$name" in
-        vxlan*) bname="hand-made kernel vxlan, same rules, ${name#vxlan }" ;;
+        vxlan* | udp*) bname="hand-made kernel vxlan, same rules, ${name#* }" ;;
         *) bname="hand-made kernel routes, same rules, ${name#host-gw }" ;;
     esac
     jq -nc --arg name "$name" --argjson value "$o" --arg bname "$bname" --argjson bvalue "$b" \
         --argjson ratio "$ratio" \
+        '{name: $name, kind: "comparison", value: $value, unit: "Gbit/s", baseline_name: $bname, baseline_value: $bvalue, ratio: $ratio}' >>"$OUT"
+    case "$name" in
+        udp*)
+            cratio=$(awk -v x="$oc" -v y="$bc" 'BEGIN {printf "%.3f", (y > 0 ? x / y : 0)}')
+            jq -nc --arg name "$name CPU" --argjson value "$oc" --arg bname "$bname CPU" --argjson bvalue "$bc" \
+                --argjson ratio "$cratio" \
+                '{name: $name, kind: "comparison", value: $value, unit: "%core per Gbit/s", baseline_name: $bname, baseline_value: $bvalue, ratio: $ratio}' >>"$OUT"
+            ;;
+    esac
+done
+# Offload against the plain-batching fallback, same run.
+for n in "${STREAMS[@]}"; do
+    g=$(label "$n" udp)
+    f=$(label "$n" udp-batch)
+    [ -n "${OURS[$g]:-}" ] && [ -n "${OURS[$f]:-}" ] || continue
+    # shellcheck disable=SC2086
+    o=$(median ${OURS[$g]})
+    # shellcheck disable=SC2086
+    b=$(median ${OURS[$f]})
+    ratio=$(awk -v x="$o" -v y="$b" 'BEGIN {printf "%.3f", (y > 0 ? x / y : 0)}')
+    printf '%-22s | %13.2f | %17.2f | %5.2f |   (offload vs FLANNEL_UDP_OFFLOAD=off)\n' "$g vs batch" "$o" "$b" "$ratio"
+    jq -nc --arg name "$g vs batch" --argjson value "$o" --arg bname "$f (FLANNEL_UDP_OFFLOAD=off)" \
+        --argjson bvalue "$b" --argjson ratio "$ratio" \
         '{name: $name, kind: "comparison", value: $value, unit: "Gbit/s", baseline_name: $bname, baseline_value: $bvalue, ratio: $ratio}' >>"$OUT"
 done
 END=$(date +%s.%N)

@@ -14,9 +14,14 @@
 #               vs raw etcd watch delivery (benches/src/bin/converge.rs)
 #   footprint   flanneld RSS with 5,000 leases vs 0; start -> subnet.env
 #               vs ip link add + ip addr add (benches/src/bin/footprint.rs)
+#   udp-resync  the udp datapath's longest ping gap while 5,000 leases are
+#               added, resynced and deleted vs the same quiet
+#               (benches/src/bin/udp_resync.rs)
 #   datapath    pod-to-pod iperf3 vs hand-made kernel setup with the same
-#               iptables rules (scripts/bench-datapath.sh, BENCH_DATAPATH_SECS
-#               per run, default 5)
+#               iptables rules, CPU per Gbit/s; the udp backend (and its
+#               FLANNEL_UDP_OFFLOAD=off batching) vs kernel vxlan
+#               (scripts/bench-datapath.sh, BENCH_DATAPATH_SECS per run,
+#               default 5)
 # Every JSON figure line goes to target/bench-report.json (a JSON array); a
 # table of all figures (name, kind, value, unit, baseline, ratio) is printed
 # last. The kind says what the ratio means: "comparison" (like for like: the
@@ -30,7 +35,7 @@ cd "$(dirname "$0")/.." || exit 1
 . scripts/lib.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,29p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,32p' "$0"; exit 0 ;; esac
 [ $# -eq 0 ] || { echo "usage: $0  (no arguments; see --help)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces)" >&2; exit 1; }
 DATAPATH_SECS=${BENCH_DATAPATH_SECS:-5}
@@ -75,6 +80,7 @@ bench acquire "$BIN/acquire"
 bench program "$BIN/program"
 bench converge "$BIN/converge"
 bench footprint "$BIN/footprint"
+bench udp-resync "$BIN/udp_resync"
 
 say "datapath"
 rm -f "$ROOT/target/bench-datapath.jsonl"

@@ -19,6 +19,7 @@
 //! pulls in `etcd-client` and `tokio`; `tencent` adds fakes of Tencent Cloud's VPC API and metadata service (`tencent` module);
 //! `kube` adds `kube::FakeApiServer`, a fake Kubernetes API server
 //! (Nodes and Pods over the real HTTP/JSON list/watch/patch protocol).
+//! `goproxy` adds a stand-in for Go flannel's udp proxy (`goproxy` module).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub mod cluster;
 pub mod etcd;
 #[cfg(feature = "kube")]
 pub mod kube;
+#[cfg(feature = "goproxy")]
+pub mod goproxy;
 pub mod logs;
 pub mod netns;
 #[cfg(feature = "tencent")]

@@ -198,6 +198,14 @@ pub async fn run(opts: Options) -> Result<()> {
     let host = HostContext::default()
         .with_env(|name| std::env::var(name).ok())
         .with_extension(ops);
+    // The udp backend attaches its engine here; /metrics reads it.
+    #[cfg(feature = "udp")]
+    let host = {
+        let udp = flannel_backend_udp::UdpMetrics::default();
+        let read = udp.clone();
+        health.set_backend_metrics(Arc::new(move || crate::metrics::udp_families(read.read())));
+        host.with_extension(udp)
+    };
 
     let previous = read_subnet_env(&opts.subnet_file)?;
     let (prev4, w4) = previous.previous_subnet();

@@ -150,7 +150,12 @@ struct State {
     loops: Vec<LoopEntry>,
     gates: Vec<(String, bool)>,
     rules: Option<Arc<RulesStatus>>,
+    backend_metrics: Option<BackendMetrics>,
 }
+
+/// Renders a backend's own metric families (exposition text, each family
+/// with its `HELP` and `TYPE` lines), appended to `/metrics`.
+pub type BackendMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What the endpoints report. Shared (`Arc`) between the daemon, its loops
 /// and [`serve`].
@@ -314,6 +319,18 @@ impl Health {
             return Err(format!("waiting for {name}"));
         }
         Ok(())
+    }
+
+    /// Adds a backend's own metric families to `/metrics` (the udp
+    /// datapath's packet, byte and drop counters).
+    pub fn set_backend_metrics(&self, render: BackendMetrics) {
+        self.lock().backend_metrics = Some(render);
+    }
+
+    /// The backend's own metric families, rendered now (empty without any).
+    pub fn backend_metrics(&self) -> String {
+        let render = self.lock().backend_metrics.clone();
+        render.map(|f| f()).unwrap_or_default()
     }
 
     /// What `/metrics` exports, read now.

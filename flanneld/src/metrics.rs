@@ -1,9 +1,11 @@
 //! `/metrics`: the Prometheus text exposition format 0.0.4, written by hand.
 //!
 //! Every family has `HELP` and `TYPE` lines; samples carry no labels except
-//! `flannel_build_info{version="..."}`. A family without a value (the lease
-//! expiry of a reservation, the subnet count before the config is known) is
-//! announced without a sample.
+//! `flannel_build_info{version="..."}` and the backend's own families (the
+//! udp datapath's `direction`, `reason` and `mode`, see [`udp_families`]),
+//! appended last. A family without a value (the lease expiry of a
+//! reservation, the subnet count before the config is known) is announced
+//! without a sample.
 
 use crate::health::Health;
 use flannel_core::config::NetConfig;
@@ -165,5 +167,111 @@ pub fn render(health: &Health) -> String {
         "Packet-filter resyncs that failed.",
         s.rule_resync_failures,
     );
+    out.0.push_str(&health.backend_metrics());
     out.0
+}
+
+/// The udp datapath's families: packets and bytes per direction (`tx`:
+/// TUN to wire, `rx`: wire to TUN), drops per reason, ICMP answers written
+/// back into the TUN, run-time fallbacks, and the offload mode in use (a
+/// gauge per mode, 1 for the one in use). Nothing while no engine runs.
+#[cfg(feature = "udp")]
+pub fn udp_families(stats: Option<flannel_backend_udp::DatapathStats>) -> String {
+    let Some(s) = stats else {
+        return String::new();
+    };
+    let c = s.counters;
+    let mut out = String::with_capacity(2048);
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    family(
+        "flannel_udp_packets_total",
+        "counter",
+        "Inner packets carried by the udp datapath (tx: TUN to wire, rx: wire to TUN).",
+        &[
+            ("{direction=\"tx\"}", c.tx_packets),
+            ("{direction=\"rx\"}", c.rx_packets),
+        ],
+    );
+    family(
+        "flannel_udp_bytes_total",
+        "counter",
+        "Bytes of the inner packets carried by the udp datapath.",
+        &[
+            ("{direction=\"tx\"}", c.tx_bytes),
+            ("{direction=\"rx\"}", c.rx_bytes),
+        ],
+    );
+    family(
+        "flannel_udp_drops_total",
+        "counter",
+        "Packets the udp datapath dropped, by reason (no_peer: no lease covers the destination and no ICMP answer was due; ttl: TTL reached 0; malformed: not an IPv4 packet; send_error, tun_error: a failed send or TUN write).",
+        &[
+            ("{reason=\"no_peer\"}", c.drop_no_peer),
+            ("{reason=\"ttl\"}", c.drop_ttl),
+            ("{reason=\"malformed\"}", c.drop_malformed),
+            ("{reason=\"codec\"}", c.drop_codec),
+            ("{reason=\"send_error\"}", c.drop_send_error),
+            ("{reason=\"tun_error\"}", c.drop_tun_error),
+        ],
+    );
+    family(
+        "flannel_udp_icmp_replies_total",
+        "counter",
+        "ICMP Destination Net Unreachable answers written back into the TUN for packets no lease covers.",
+        &[("", c.replies)],
+    );
+    family(
+        "flannel_udp_fallbacks_total",
+        "counter",
+        "Switches of the udp datapath from offload (GSO) to plain batching.",
+        &[("", c.fallback_events)],
+    );
+    family(
+        "flannel_udp_offload_mode",
+        "gauge",
+        "The udp datapath's transmit mode: 1 for the mode in use (gso: TUN offload with UDP GSO/GRO; batch: plain batching).",
+        &[
+            ("{mode=\"gso\"}", u64::from(s.mode == "gso")),
+            ("{mode=\"batch\"}", u64::from(s.mode == "batch")),
+        ],
+    );
+    out
+}
+
+#[cfg(all(test, feature = "udp"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_families_render_counters_and_mode() {
+        assert_eq!(udp_families(None), "");
+        let mut stats = flannel_backend_udp::DatapathStats {
+            counters: Default::default(),
+            mode: "batch",
+            coalescing: false,
+        };
+        stats.counters.tx_packets = 7;
+        stats.counters.rx_bytes = 1500;
+        stats.counters.drop_ttl = 2;
+        let text = udp_families(Some(stats));
+        for line in [
+            "# TYPE flannel_udp_packets_total counter",
+            "flannel_udp_packets_total{direction=\"tx\"} 7",
+            "flannel_udp_bytes_total{direction=\"rx\"} 1500",
+            "flannel_udp_drops_total{reason=\"ttl\"} 2",
+            "flannel_udp_drops_total{reason=\"no_peer\"} 0",
+            "flannel_udp_offload_mode{mode=\"gso\"} 0",
+            "flannel_udp_offload_mode{mode=\"batch\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
 }
