@@ -20,8 +20,12 @@ cd "$(dirname "$0")/.."
 # datapath and end-to-end tests;
 # curl: TLS checks against etcd; procps: kill(1), which tests use to signal
 # the daemons they started.
+# qemu-system-x86, busybox-static, kmod, xz-utils: scripts/vm-run.sh, the VM
+# (Debian's kernel under qemu) in which the ipip/ESP/WireGuard tests run,
+# since this kernel has none of them.
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
-          iproute2 iputils-ping iptables nftables curl ca-certificates procps)
+          iproute2 iputils-ping iptables nftables curl ca-certificates procps
+          qemu-system-x86 busybox-static kmod xz-utils)
 ensure_packages "${PACKAGES[@]}"
 
 step() { echo; echo "==> $*"; }
