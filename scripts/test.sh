@@ -23,9 +23,15 @@ cd "$(dirname "$0")/.."
 # qemu-system-x86, busybox-static, kmod, xz-utils: scripts/vm-run.sh, the VM
 # (Debian's kernel under qemu) in which the ipip/ESP/WireGuard tests run,
 # since this kernel has none of them.
+# strongswan-charon, strongswan-swanctl, libcharon-extra-plugins (kernel-libipsec),
+# libstrongswan-standard-plugins, libstrongswan-extra-plugins: the ipsec
+# backend's charon in its tests (host and VM); tcpdump: the ipsec test's
+# underlay capture.
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
           iproute2 iputils-ping iptables nftables curl ca-certificates procps
-          qemu-system-x86 busybox-static kmod xz-utils)
+          qemu-system-x86 busybox-static kmod xz-utils
+          strongswan-charon strongswan-swanctl libcharon-extra-plugins
+          libstrongswan-standard-plugins libstrongswan-extra-plugins tcpdump)
 ensure_packages "${PACKAGES[@]}"
 
 step() { echo; echo "==> $*"; }
@@ -42,7 +48,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # few seconds each) and with -D warnings also fails on what only shows up in
 # these builds: unused imports and dead code left by cfg gating.
 step "feature builds (flanneld per backend, flannel-subnet without defaults)"
-for features in "" vxlan host-gw alloc tencent-vpc ipip; do
+for features in "" vxlan host-gw alloc tencent-vpc ipip ipsec; do
     echo "  flanneld --no-default-features${features:+ --features $features}"
     cargo clippy -q -p flanneld --all-targets --no-default-features ${features:+--features "$features"} -- -D warnings
 done

@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod logs;
 pub mod netns;
+pub mod strongswan;
 #[cfg(feature = "tencent")]
 pub mod tencent;
 #[cfg(feature = "vm")]

@@ -19,6 +19,8 @@ pub fn create(backend_type: &str) -> Result<Box<dyn Backend>> {
         flannel_backend_tencent::TYPE => Ok(Box::new(flannel_backend_tencent::TencentBackend)),
         #[cfg(feature = "ipip")]
         flannel_backend_ipip::TYPE => Ok(Box::new(flannel_backend_ipip::IpipBackend)),
+        #[cfg(feature = "ipsec")]
+        flannel_backend_ipsec::TYPE => Ok(Box::new(flannel_backend_ipsec::IpsecBackend)),
         t if BACKEND_TYPES.contains(&t) => bail!(
             "backend type {t} is not built into this flanneld (built in: {}){}",
             built_in().join(", "),
@@ -40,6 +42,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("alloc", cfg!(feature = "alloc")),
     ("tencent-vpc", cfg!(feature = "tencent-vpc")),
     ("ipip", cfg!(feature = "ipip")),
+    ("ipsec", cfg!(feature = "ipsec")),
 ];
 
 /// The backend types compiled into this binary.

@@ -187,6 +187,13 @@ pub async fn run(opts: Options) -> Result<()> {
     let host = HostContext::default()
         .with_env(|name| std::env::var(name).ok())
         .with_extension(ops);
+    #[cfg(feature = "ipsec")]
+    let host = host.with_extension(flannel_backend_ipsec::CharonSettings {
+        executable: Some(opts.charon_executable_path.clone())
+            .filter(|p| !p.is_empty())
+            .map(Into::into),
+        vici_uri: Some(opts.charon_vici_uri.clone()).filter(|u| !u.is_empty()),
+    });
 
     let previous = read_subnet_env(&opts.subnet_file)?;
     let (prev4, w4) = previous.previous_subnet();

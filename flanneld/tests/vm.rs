@@ -1,21 +1,24 @@
-//! The ipip backend end to end (§5.3).
+//! The backends that need kernel features this machine lacks, end to end:
+//! ipip (§5.3) and ipsec with kernel ESP (§5.6).
 //!
-//! This machine's kernel has no ipip, so the kernel tests (module `in_vm`)
-//! run inside one qemu VM booting Debian's kernel
-//! ([`flannel_testutil::vm`]), started by [`ipip_kernel_tests_pass_in_one_vm`];
-//! they are `#[ignore]`d on the host. On the host itself,
-//! [`a_kernel_without_ipip_gets_an_error_naming_it`] checks the message a
-//! kernel without ipip support gets.
+//! The kernel tests (module `in_vm`) run inside one qemu VM booting
+//! Debian's kernel ([`flannel_testutil::vm`]), started by
+//! [`kernel_tests_pass_in_one_vm`]; they are `#[ignore]`d on the host. On
+//! the host itself, [`a_kernel_without_ipip_gets_an_error_naming_it`]
+//! checks the message a kernel without ipip support gets.
 //!
 //! Needs root, qemu-system-x86, busybox-static, kmod, etcd-server,
-//! iproute2, iputils-ping, iptables and containernetworking-plugins.
-#![cfg(feature = "ipip")]
+//! iproute2, iputils-ping, iptables, containernetworking-plugins, tcpdump
+//! and strongSwan (strongswan-charon, strongswan-swanctl,
+//! libstrongswan-standard-plugins).
+#![cfg(all(feature = "ipip", feature = "ipsec"))]
 
 use std::process::Command;
 use std::time::Duration;
 
 use flannel_testutil::cluster::{Backing, Cluster, PREFIX, cni_plugin, env_value, wait_until};
 use flannel_testutil::netns::NetNs;
+use flannel_testutil::strongswan::CharonFiles;
 use flannel_testutil::vm;
 
 /// The daemon under test.
@@ -40,7 +43,7 @@ fn kernel_has_ipip() -> bool {
 }
 
 #[test]
-fn ipip_kernel_tests_pass_in_one_vm() {
+fn kernel_tests_pass_in_one_vm() {
     // Built here: cargo inside the emulated VM would take minutes.
     cni_plugin(FLANNELD.as_ref());
     vm::assert_tests_pass_in_vm("in_vm::", &[]);
@@ -145,7 +148,7 @@ mod in_vm {
     /// leases as Go's, pods reach each other both ways and move data, a
     /// deleted route and a deleted device come back.
     #[test]
-    #[ignore = "kernel-only: run inside the VM by ipip_kernel_tests_pass_in_one_vm"]
+    #[ignore = "kernel-only: run inside the VM by kernel_tests_pass_in_one_vm"]
     fn three_nodes_and_a_go_style_peer() {
         vm::require_vm();
         let mut c = Cluster::new(FLANNELD, "ipip3", 3, false, Backing::Etcd, IPIP);
@@ -256,10 +259,10 @@ mod in_vm {
             &dst,
             &format!("{dst} via {} dev flannel.ipip onlink", c.host_ip(1)),
         );
-        c.ip(2, &["link", "del", "flannel.ipip"]);
+        c.ip(1, &["link", "del", "flannel.ipip"]);
         wait_route(
             &c,
-            2,
+            1,
             &format!("{go_net}/24"),
             &format!("{go_net}/24 via {go_ip} dev flannel.ipip onlink"),
         );
@@ -269,7 +272,7 @@ mod in_vm {
     /// DirectRouting: peers on our L2 segment get a plain route on eth0,
     /// a peer behind a gateway gets the tunnel.
     #[test]
-    #[ignore = "kernel-only: run inside the VM by ipip_kernel_tests_pass_in_one_vm"]
+    #[ignore = "kernel-only: run inside the VM by kernel_tests_pass_in_one_vm"]
     fn direct_routing_on_and_off_the_shared_segment() {
         vm::require_vm();
         let conf =
@@ -304,5 +307,107 @@ mod in_vm {
             c.add_pod(i);
         }
         c.ping_all_pairs(false);
+    }
+
+    /// ipsec with kernel ESP: two flanneld on etcd, each starting its own
+    /// charon; pods ping and move data through ESP, the SAs carry the
+    /// configured proposal, three policies per peer, and the underlay
+    /// carries only ESP, never the pods' bytes.
+    #[test]
+    #[ignore = "kernel-only: run inside the VM by kernel_tests_pass_in_one_vm"]
+    fn ipsec_with_kernel_esp() {
+        vm::require_vm();
+        let psk = "flannel-vm-psk-".repeat(7);
+        let conf = format!(
+            r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "ipsec", "PSK": "{psk}"}}}}"#
+        );
+        let mut c = Cluster::new(FLANNELD, "ipsec2", 2, false, Backing::Etcd, &conf);
+        let mut charons = Vec::new();
+        for i in 0..2 {
+            let files = CharonFiles::create(&c.dir.path().join(format!("charon{i}")), false)
+                .expect("charon files");
+            let exe = format!("--charon-executable-path={}", files.wrapper.display());
+            let uri = format!("--charon-vici-uri={}", files.uri);
+            let mut flags = VM_FLAGS.to_vec();
+            flags.extend([exe.as_str(), uri.as_str()]);
+            c.start(i, &flags);
+            charons.push(files);
+        }
+        let envs: Vec<String> = (0..2).map(|i| c.wait_env_within(i, None, SLOW)).collect();
+        for env in &envs {
+            assert_eq!(env_value(env, "FLANNEL_MTU"), Some("1423"), "{env}");
+        }
+        for i in 0..2 {
+            c.add_pod(i);
+        }
+        c.ping_all_pairs(false);
+
+        // The SAs, with the configured ESP proposal, and 3 policies.
+        let states = c.ip(0, &["xfrm", "state"]);
+        assert!(
+            states.contains("proto esp") && states.contains("reqid 11"),
+            "{states}"
+        );
+        assert!(
+            states.contains("aead rfc4106(gcm(aes))") && states.contains(" 128"),
+            "{states}"
+        );
+        let policies = c.ip(0, &["xfrm", "policy"]);
+        let ours = policies.lines().filter(|l| l.contains("reqid 11")).count();
+        assert_eq!(ours, 3, "{policies}");
+        let sas = charons[0].swanctl(&["--list-sas"]);
+        assert!(sas.contains("ESP:AES_GCM_16-128"), "{sas}");
+
+        // The underlay carries ESP only: a marked ping and a TCP transfer
+        // leave no plaintext on eth0.
+        let pcap = c.dir.path().join("underlay.pcap");
+        let h1 = c.host(0).name().to_owned();
+        let mut dump = Command::new("ip")
+            .args([
+                "netns", "exec", &h1, "tcpdump", "-i", "eth0", "-n", "-U", "-w",
+            ])
+            .arg(&pcap)
+            .arg("ip")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump (apt-get install tcpdump)");
+        std::thread::sleep(Duration::from_secs(3));
+        let (p1, p2) = (c.pod(0), c.pod(1));
+        let dst = p2.v4.to_string();
+        p1.ns
+            .exec(&["ping", "-c", "3", "-W", "5", "-p", "c0ffee00c0ffee00", &dst])
+            .expect("a marked ping through ESP");
+        tcp_transfer(&p2.ns, IpAddr::V4(p2.v4), &p1.ns, 64 * 1024);
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = Command::new("kill").arg(dump.id().to_string()).status();
+        let _ = dump.wait();
+        let text = run(Command::new("tcpdump").arg("-n").arg("-r").arg(&pcap));
+        assert!(text.contains("ESP(spi="), "{text}");
+        let plain: Vec<&str> = text.lines().filter(|l| !l.contains("ESP(spi=")).collect();
+        // Besides ESP: IKE (isakmp, UDP 500/4500) and the etcd client.
+        assert!(
+            plain
+                .iter()
+                .all(|l| l.contains("isakmp") || l.contains("192.168.100.254")),
+            "non-ESP packets on the underlay: {plain:#?}"
+        );
+        let raw = std::fs::read(&pcap).expect("the capture");
+        let marker = [0xc0, 0xff, 0xee, 0x00, 0xc0, 0xff, 0xee, 0x00];
+        assert!(
+            !raw.windows(8).any(|w| w == marker),
+            "the ping's payload crossed the underlay in clear"
+        );
+        // tcp_transfer sends bytes i % 251: a run of 16 of them in clear.
+        let run16: Vec<u8> = (100u8..116).collect();
+        assert!(
+            !raw.windows(16).any(|w| w == run16.as_slice()),
+            "TCP payload in clear"
+        );
+        for (i, files) in charons.iter().enumerate() {
+            let log = std::fs::read_to_string(&files.log).unwrap_or_default();
+            assert!(!log.contains(&psk), "charon {i} logged the PSK");
+            assert!(!c.log(i).contains(&psk), "flanneld {i} logged the PSK");
+        }
     }
 }
