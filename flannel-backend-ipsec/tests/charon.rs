@@ -23,25 +23,31 @@ use flannel_core::config::NetConfig;
 use flannel_subnet::local::LocalStore;
 use flannel_subnet::manager::LeaseManager;
 use flannel_testutil::logs::Logs;
-use flannel_testutil::netns::{NetNs, Topology};
+use flannel_testutil::netns::{Host, NetNs, Topology};
 use flannel_testutil::strongswan::CharonFiles;
 
 fn conf(psk: &str) -> String {
     format!(r#"{{"Network":"10.50.0.0/16","Backend":{{"Type":"ipsec","PSK":"{psk}"}}}}"#)
 }
 
-/// Registers an ipsec network on host `ns` (`eth0` = `ip`), charon started
-/// by the backend from `files`, leases in the store at `store`.
+/// What the hosts of the test share.
+struct Env<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    store: &'a std::path::Path,
+    logs: &'a Logs,
+}
+
+/// Registers an ipsec network on `host`, charon started by the backend from
+/// `files`, leases in the shared store, our subnet `previous` when free.
 fn register(
-    rt: &tokio::runtime::Runtime,
-    ns: &NetNs,
-    ip: std::net::Ipv4Addr,
+    env: &Env<'_>,
+    host: &Host,
     files: &CharonFiles,
-    store: &std::path::Path,
     psk: &str,
     previous: &str,
-    logs: &Logs,
 ) -> IpsecNetwork {
+    let (rt, store, logs) = (env.rt, env.store, env.logs);
+    let (ns, ip) = (&host.ns, host.ipv4);
     let conf = conf(psk);
     let mut config = NetConfig::parse(&conf).unwrap();
     config.check().unwrap();
@@ -161,36 +167,14 @@ fn charon_negotiates_sas_and_flannel_keeps_three_policies_per_peer() {
         ])
         .expect("a stale policy");
 
-    let mut n1 = register(
-        &rt,
-        &h1.ns,
-        h1.ipv4,
-        &files[0],
-        &store,
-        &psk,
-        "10.50.1.0/24",
-        &logs,
-    );
-    let mut n2 = register(
-        &rt,
-        &h2.ns,
-        h2.ipv4,
-        &files[1],
-        &store,
-        &psk,
-        "10.50.2.0/24",
-        &logs,
-    );
-    let mut n3 = register(
-        &rt,
-        &h3.ns,
-        h3.ipv4,
-        &files[2],
-        &store,
-        &wrong,
-        "10.50.3.0/24",
-        &logs,
-    );
+    let env = Env {
+        rt: &rt,
+        store: &store,
+        logs: &logs,
+    };
+    let mut n1 = register(&env, h1, &files[0], &psk, "10.50.1.0/24");
+    let mut n2 = register(&env, h2, &files[1], &psk, "10.50.2.0/24");
+    let mut n3 = register(&env, h3, &files[2], &wrong, "10.50.3.0/24");
     assert_eq!(n1.mtu(), 1423);
     let (l1, l2, l3) = (n1.lease().clone(), n2.lease().clone(), n3.lease().clone());
     assert_eq!(
@@ -237,7 +221,16 @@ fn charon_negotiates_sas_and_flannel_keeps_three_policies_per_peer() {
             let sas = files[0].swanctl(&["--list-sas"]);
             let ok = sas.contains("10.50.1.0/24-10.50.2.0/24")
                 && sas.contains("reqid 11, INSTALLED, TUNNEL");
-            if ok { Ok(()) } else { Err(sas) }
+            if ok {
+                Ok(())
+            } else {
+                let log = std::fs::read_to_string(&files[0].log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                Err(format!(
+                    "{sas}\ncharon log (last lines first):\n{}",
+                    tail.join("\n")
+                ))
+            }
         },
     );
     let sas = files[0].swanctl(&["--list-sas"]);
