@@ -46,7 +46,9 @@ fn kernel_has_ipip() -> bool {
 fn kernel_tests_pass_in_one_vm() {
     // Built here: cargo inside the emulated VM would take minutes.
     cni_plugin(FLANNELD.as_ref());
-    vm::assert_tests_pass_in_vm("in_vm::", &[]);
+    // All three at once: much of their time is spent waiting (daemons
+    // starting, resync periods, IKE), not computing.
+    vm::assert_tests_pass_in_vm("in_vm::", &[("RUST_TEST_THREADS", "3")]);
 }
 
 #[test]
@@ -322,14 +324,23 @@ mod in_vm {
             r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "ipsec", "PSK": "{psk}"}}}}"#
         );
         let mut c = Cluster::new(FLANNELD, "ipsec2", 2, false, Backing::Etcd, &conf);
+        // Like a real node, a default route: ipsec adds no routes, the
+        // kernel routes the pods' packets out (here via the switch) and the
+        // XFRM policies turn them into ESP to the peer on the way.
+        for i in 0..2 {
+            c.ip(i, &["route", "add", "default", "via", "192.168.100.254"]);
+        }
         let mut charons = Vec::new();
         for i in 0..2 {
             let files = CharonFiles::create(&c.dir.path().join(format!("charon{i}")), false)
                 .expect("charon files");
             let exe = format!("--charon-executable-path={}", files.wrapper.display());
             let uri = format!("--charon-vici-uri={}", files.uri);
+            // --ip-masq: flanneld's rules leave pod-to-pod traffic alone;
+            // without it the CNI bridge masquerades it to the host address,
+            // which no longer matches the SA's traffic selectors.
             let mut flags = VM_FLAGS.to_vec();
-            flags.extend([exe.as_str(), uri.as_str()]);
+            flags.extend([exe.as_str(), uri.as_str(), "--ip-masq"]);
             c.start(i, &flags);
             charons.push(files);
         }
@@ -339,6 +350,23 @@ mod in_vm {
         }
         for i in 0..2 {
             c.add_pod(i);
+        }
+        // IKE under the VM's emulated CPU takes a while: wait for the SAs.
+        for i in 0..2 {
+            let res = wait_until(SLOW, || {
+                let states = c.ip(i, &["xfrm", "state"]);
+                match states.matches("reqid 11").count() {
+                    2.. => Ok(()),
+                    _ => Err(format!(
+                        "SAs: {states}\n{}",
+                        charons[i].swanctl(&["--list-sas"])
+                    )),
+                }
+            });
+            if let Err(e) = res {
+                let log = std::fs::read_to_string(&charons[i].log).unwrap_or_default();
+                panic!("host {}: no SAs: {e}\ncharon log:\n{log}", i + 1);
+            }
         }
         c.ping_all_pairs(false);
 
@@ -352,19 +380,25 @@ mod in_vm {
             states.contains("aead rfc4106(gcm(aes))") && states.contains(" 128"),
             "{states}"
         );
-        let policies = c.ip(0, &["xfrm", "policy"]);
-        let ours = policies.lines().filter(|l| l.contains("reqid 11")).count();
-        assert_eq!(ours, 3, "{policies}");
+        for i in 0..2 {
+            let policies = c.ip(i, &["xfrm", "policy"]);
+            let ours = policies.lines().filter(|l| l.contains("reqid 11")).count();
+            assert_eq!(ours, 3, "host {}: {policies}", i + 1);
+        }
         let sas = charons[0].swanctl(&["--list-sas"]);
         assert!(sas.contains("ESP:AES_GCM_16-128"), "{sas}");
 
         // The underlay carries ESP only: a marked ping and a TCP transfer
-        // leave no plaintext on eth0.
+        // leave no plaintext on the wire. Captured on the switch's port of
+        // host 2 (every frame to and from it): on a host's eth0, tcpdump
+        // also sees the packets ESP decrypted (the kernel re-injects them
+        // on the interface they came in by), and br0 itself sees only
+        // frames for the switch's own address.
         let pcap = c.dir.path().join("underlay.pcap");
-        let h1 = c.host(0).name().to_owned();
+        let switch = c.topo.switch.name().to_owned();
         let mut dump = Command::new("ip")
             .args([
-                "netns", "exec", &h1, "tcpdump", "-i", "eth0", "-n", "-U", "-w",
+                "netns", "exec", &switch, "tcpdump", "-i", "h1", "-n", "-U", "-w",
             ])
             .arg(&pcap)
             .arg("ip")
@@ -390,7 +424,11 @@ mod in_vm {
             plain
                 .iter()
                 .all(|l| l.contains("isakmp") || l.contains("192.168.100.254")),
-            "non-ESP packets on the underlay: {plain:#?}"
+            "non-ESP packets on the underlay: {plain:#?}\nhost 1: {}\n{}\nhost 2: {}\n{}",
+            c.ip(0, &["xfrm", "policy"]),
+            c.ip(0, &["route"]),
+            c.ip(1, &["xfrm", "policy"]),
+            c.ip(1, &["route"])
         );
         let raw = std::fs::read(&pcap).expect("the capture");
         let marker = [0xc0, 0xff, 0xee, 0x00, 0xc0, 0xff, 0xee, 0x00];
