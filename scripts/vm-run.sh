@@ -22,7 +22,8 @@
 #   VM_CONSOLE  1: print the guest kernel console at the end
 #
 # The caller's exported environment is passed into the VM (that is how tests
-# tell their inner run apart: FLANNEL_IN_VM=1).
+# tell their inner run apart: FLANNEL_IN_VM=1). /tmp and /run are fresh tmpfs
+# inside (the host's are not visible): put files the command needs elsewhere.
 #
 # Host packages: qemu-system-x86 busybox-static kmod xz-utils (and apt-get's
 # access to Debian's archive the first time, to download the kernel).

@@ -352,19 +352,16 @@ mod in_vm {
             c.add_pod(i);
         }
         // IKE under the VM's emulated CPU takes a while: wait for the SAs.
-        for i in 0..2 {
+        for (i, files) in charons.iter().enumerate() {
             let res = wait_until(SLOW, || {
                 let states = c.ip(i, &["xfrm", "state"]);
                 match states.matches("reqid 11").count() {
                     2.. => Ok(()),
-                    _ => Err(format!(
-                        "SAs: {states}\n{}",
-                        charons[i].swanctl(&["--list-sas"])
-                    )),
+                    _ => Err(format!("SAs: {states}\n{}", files.swanctl(&["--list-sas"]))),
                 }
             });
             if let Err(e) = res {
-                let log = std::fs::read_to_string(&charons[i].log).unwrap_or_default();
+                let log = std::fs::read_to_string(&files.log).unwrap_or_default();
                 panic!("host {}: no SAs: {e}\ncharon log:\n{log}", i + 1);
             }
         }
