@@ -22,6 +22,9 @@
 #               FLANNEL_UDP_OFFLOAD=off batching) vs kernel vxlan
 #               (scripts/bench-datapath.sh, BENCH_DATAPATH_SECS per run,
 #               default 5)
+#   ipsec       host-side ipsec with userspace ESP (kernel-libipsec: this
+#               kernel has no ESP) next to kernel vxlan in the same run,
+#               labelled as such (scripts/bench-ipsec.sh)
 # Every JSON figure line goes to target/bench-report.json (a JSON array); a
 # table of all figures (name, kind, value, unit, baseline, ratio) is printed
 # last. The kind says what the ratio means: "comparison" (like for like: the
@@ -89,6 +92,15 @@ if scripts/bench-datapath.sh "$DATAPATH_SECS" && [ -s "$ROOT/target/bench-datapa
 else
     echo "!! datapath failed" >&2
     FAILED+=(datapath)
+fi
+
+say "ipsec (userspace ESP) next to kernel vxlan"
+rm -f "$ROOT/target/bench-ipsec.jsonl"
+if scripts/bench-ipsec.sh "$DATAPATH_SECS" && [ -s "$ROOT/target/bench-ipsec.jsonl" ]; then
+    cat "$ROOT/target/bench-ipsec.jsonl" >>"$WORK/figures.jsonl"
+else
+    echo "!! ipsec failed" >&2
+    FAILED+=(ipsec)
 fi
 
 jq -s . "$WORK/figures.jsonl" >"$REPORT" || { echo "invalid JSON figure lines" >&2; exit 1; }

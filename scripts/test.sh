@@ -25,9 +25,19 @@ cd "$(dirname "$0")/.."
 # its units), debootstrap (the image's Debian minbase root, cached under
 # /var/tmp), umoci (packs the OCI image), runc (runs it), jq (edits the
 # runtime config).
+# qemu-system-x86, busybox-static, kmod, xz-utils: scripts/vm-run.sh, the VM
+# (Debian's kernel under qemu) in which the ipip/ESP/WireGuard tests run,
+# since this kernel has none of them.
+# strongswan-charon, strongswan-swanctl, libcharon-extra-plugins (kernel-libipsec),
+# libstrongswan-standard-plugins, libstrongswan-extra-plugins: the ipsec
+# backend's charon in its tests (host and VM); tcpdump: the ipsec test's
+# underlay capture.
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
           iproute2 iputils-ping iptables nftables curl ca-certificates procps
-          binutils systemd debootstrap umoci runc jq)
+          binutils systemd debootstrap umoci runc jq
+          qemu-system-x86 busybox-static kmod xz-utils
+          strongswan-charon strongswan-swanctl libcharon-extra-plugins
+          libstrongswan-standard-plugins libstrongswan-extra-plugins tcpdump)
 # kubernetes-client: kubectl (1.20), a real client the fake Kubernetes API
 # server is checked against (flannel-testutil/tests/kube_fake.rs). Another
 # package's kubectl (e.g. Google Cloud SDK's, which owns /usr/bin/kubectl and
@@ -49,7 +59,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # few seconds each) and with -D warnings also fails on what only shows up in
 # these builds: unused imports and dead code left by cfg gating.
 step "feature builds (flanneld per backend, flannel-subnet without defaults)"
-for features in "" vxlan host-gw alloc tencent-vpc udp; do
+for features in "" vxlan host-gw alloc tencent-vpc udp ipip ipsec; do
     echo "  flanneld --no-default-features${features:+ --features $features}"
     cargo clippy -q -p flanneld --all-targets --no-default-features ${features:+--features "$features"} -- -D warnings
 done

@@ -52,6 +52,16 @@ pub enum NetlinkError {
     #[error("opening a NETLINK_ROUTE socket: {0}")]
     Socket(#[source] io::Error),
 
+    /// A link with the name exists but is of another kind; it is left alone
+    /// (Go flannel's wording).
+    #[error("{name} isn't an {wanted} mode device, please remove device and try again")]
+    WrongKind {
+        /// The link name.
+        name: String,
+        /// The kind wanted (`ipip`).
+        wanted: &'static str,
+    },
+
     /// A MAC address string did not parse (Go's `net.ParseMAC` wording).
     #[error("address {input}: invalid MAC address")]
     InvalidMac {

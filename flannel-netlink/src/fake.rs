@@ -32,8 +32,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use crate::{
-    AddrInfo, EnsuredLink, Family, FdbEntry, LinkInfo, Mac, NeighInfo, NetOps, NetlinkError, Route,
-    VxlanInfo, VxlanSpec, format_mac, random_vtep_mac,
+    AddrInfo, EnsuredLink, Family, FdbEntry, IpipInfo, IpipSpec, LinkInfo, Mac, NeighInfo, NetOps,
+    NetlinkError, Route, VxlanInfo, VxlanSpec, format_mac, random_vtep_mac,
 };
 
 #[derive(Default)]
@@ -45,6 +45,7 @@ struct State {
     neigh: BTreeMap<(u32, IpAddr), NeighInfo>,
     fdb: BTreeMap<u32, Vec<FdbEntry>>,
     route_get: BTreeMap<IpAddr, Vec<Route>>,
+    ipip: BTreeMap<u32, IpipInfo>,
     fail: Vec<String>,
     calls: Vec<String>,
 }
@@ -97,6 +98,20 @@ impl FakeNetlink {
         index
     }
 
+    /// Adds a down ipip link with the given ends and returns its index (not
+    /// recorded), as an earlier run or an administrator would leave it.
+    pub fn add_ipip_link(&self, name: &str, info: IpipInfo, mtu: u32) -> u32 {
+        let index = self.add_link(name, mtu);
+        let mut s = self.state();
+        if let Some(l) = s.links.get_mut(&index) {
+            l.kind = Some("ipip".into());
+            l.mac = None;
+            l.up = false;
+        }
+        s.ipip.insert(index, info);
+        index
+    }
+
     /// Deletes a link as an administrator would: its addresses, routes,
     /// neighbours and FDB entries go with it (not recorded).
     pub fn delete_link(&self, name: &str) {
@@ -105,6 +120,7 @@ impl FakeNetlink {
             return;
         };
         s.links.remove(&index);
+        s.ipip.remove(&index);
         s.addrs.retain(|a| a.index != index);
         s.routes.retain(|r| r.oif != Some(index));
         s.neigh.retain(|(i, _), _| *i != index);
@@ -438,5 +454,61 @@ impl NetOps for FakeNetlink {
 
     async fn disable_accept_ra(&self, name: &str) -> Result<(), NetlinkError> {
         self.record(format!("sysctl net.ipv6.conf.{name}.accept_ra=0"))
+    }
+
+    async fn ensure_ipip(&self, spec: &IpipSpec) -> Result<EnsuredLink, NetlinkError> {
+        let existing = self
+            .state()
+            .links
+            .values()
+            .find(|l| l.name == spec.name)
+            .cloned();
+        let mut recreated_because = None;
+        if let Some(l) = existing {
+            if l.kind.as_deref() != Some("ipip") {
+                self.record(format!("link add ipip {} (exists)", spec.name))?;
+                return Err(NetlinkError::WrongKind {
+                    name: spec.name.clone(),
+                    wanted: "ipip",
+                });
+            }
+            let have = self.state().ipip.get(&l.index).copied().unwrap_or_default();
+            match spec.incompatibility(&have) {
+                None => {
+                    self.record(format!("link reuse ipip {}", spec.name))?;
+                    if l.mtu != spec.mtu {
+                        self.record(format!("link set if{} mtu {}", l.index, spec.mtu))?;
+                    }
+                    let mut s = self.state();
+                    let link = s.links.get_mut(&l.index).expect("link just found");
+                    link.mtu = spec.mtu;
+                    return Ok(EnsuredLink {
+                        link: link.clone(),
+                        created: false,
+                        recreated_because: None,
+                    });
+                }
+                Some(why) => {
+                    self.record(format!("link del {}", spec.name))?;
+                    self.delete_link(&spec.name);
+                    recreated_because = Some(why);
+                }
+            }
+        }
+        self.record(format!("link add ipip {} local {}", spec.name, spec.local))?;
+        let index = self.add_ipip_link(
+            &spec.name,
+            IpipInfo {
+                local: Some(spec.local),
+                remote: None,
+            },
+            spec.mtu,
+        );
+        let link = self.state().links[&index].clone();
+        Ok(EnsuredLink {
+            link,
+            created: true,
+            recreated_because,
+        })
     }
 }

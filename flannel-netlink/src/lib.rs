@@ -90,6 +90,7 @@ mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod iface;
+mod ipip;
 mod link;
 mod mac;
 mod neigh;
@@ -101,6 +102,7 @@ mod watch;
 
 pub use addr::AddrInfo;
 pub use error::NetlinkError;
+pub use ipip::{EOPNOTSUPP, IpipInfo, IpipSpec};
 pub use link::{EnsuredLink, LinkInfo, VxlanInfo, VxlanSpec};
 pub use mac::{Mac, format_mac, parse_mac, random_vtep_mac};
 pub use neigh::{FdbEntry, NeighInfo};

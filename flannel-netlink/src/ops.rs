@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::{
-    AddrInfo, EnsuredLink, Family, FdbEntry, LinkInfo, Mac, NeighInfo, Netlink, NetlinkError,
-    Route, VxlanSpec,
+    AddrInfo, EnsuredLink, Family, FdbEntry, IpipSpec, LinkInfo, Mac, NeighInfo, Netlink,
+    NetlinkError, Route, VxlanSpec,
 };
 
 /// The kernel operations a backend may perform, named after the `ip` and
@@ -53,6 +53,9 @@ pub trait NetOps: Send + Sync {
     /// `sysctl net.ipv6.conf.<name>.accept_ra=0`: no router advertisements
     /// on a device of ours (a `/proc/sys` write, not netlink).
     async fn disable_accept_ra(&self, name: &str) -> Result<(), NetlinkError>;
+    /// Creates `spec`'s ipip device, reuses a compatible one (setting its
+    /// MTU) or recreates an incompatible one; see [`Netlink::ensure_ipip`].
+    async fn ensure_ipip(&self, spec: &IpipSpec) -> Result<EnsuredLink, NetlinkError>;
 }
 
 /// A shared [`NetOps`]: what backends find in their
@@ -128,5 +131,8 @@ impl NetOps for Netlink {
             source,
             detail: None,
         })
+    }
+    async fn ensure_ipip(&self, spec: &IpipSpec) -> Result<EnsuredLink, NetlinkError> {
+        Netlink::ensure_ipip(self, spec).await
     }
 }

@@ -20,6 +20,8 @@
 //! `kube` adds `kube::FakeApiServer`, a fake Kubernetes API server
 //! (Nodes and Pods over the real HTTP/JSON list/watch/patch protocol).
 //! `goproxy` adds a stand-in for Go flannel's udp proxy (`goproxy` module).
+//! `vm` adds the `vm` module: rerun a test binary's kernel-only tests inside
+//! a qemu VM booting Debian's kernel (`scripts/vm-run.sh`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,8 +35,11 @@ pub mod kube;
 pub mod goproxy;
 pub mod logs;
 pub mod netns;
+pub mod strongswan;
 #[cfg(feature = "tencent")]
 pub mod tencent;
+#[cfg(feature = "vm")]
+pub mod vm;
 
 /// Errors returned by the test utilities.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,11 @@ pub enum TestUtilError {
     /// or a port could not be reused on restart.
     #[error("invalid etcd server state: {0}")]
     State(String),
+
+    /// The VM harness cannot run: a prerequisite (qemu, the script) is
+    /// missing; the message names it.
+    #[error("the test VM cannot run: {0}")]
+    VmUnavailable(String),
 }
 
 impl TestUtilError {

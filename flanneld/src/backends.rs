@@ -19,6 +19,10 @@ pub fn create(backend_type: &str) -> Result<Box<dyn Backend>> {
         flannel_backend_tencent::TYPE => Ok(Box::new(flannel_backend_tencent::TencentBackend)),
         #[cfg(feature = "udp")]
         flannel_backend_udp::TYPE => Ok(Box::new(flannel_backend_udp::UdpBackend)),
+        #[cfg(feature = "ipip")]
+        flannel_backend_ipip::TYPE => Ok(Box::new(flannel_backend_ipip::IpipBackend)),
+        #[cfg(feature = "ipsec")]
+        flannel_backend_ipsec::TYPE => Ok(Box::new(flannel_backend_ipsec::IpsecBackend)),
         t if BACKEND_TYPES.contains(&t) => bail!(
             "backend type {t} is not built into this flanneld (built in: {}){}",
             built_in().join(", "),
@@ -42,6 +46,8 @@ pub const FEATURES: &[(&str, bool)] = &[
     ("alloc", cfg!(feature = "alloc")),
     ("tencent-vpc", cfg!(feature = "tencent-vpc")),
     ("udp", cfg!(feature = "udp")),
+    ("ipip", cfg!(feature = "ipip")),
+    ("ipsec", cfg!(feature = "ipsec")),
 ];
 
 /// The backend types compiled into this binary.

@@ -202,6 +202,12 @@ pub struct Options {
     pub vmodule: String,
     /// `-log_backtrace_at`: `file.go:N` (klog syntax, validated).
     pub log_backtrace_at: String,
+    /// `--charon-executable-path`: the charon binary the ipsec backend
+    /// starts (empty: `$PATH`, then Go's list).
+    pub charon_executable_path: String,
+    /// `--charon-vici-uri`: the VICI socket of charon; given alone, a
+    /// running charon is used instead of starting one.
+    pub charon_vici_uri: String,
     /// `--local-store-dir` (ours): directory of the local subnet manager's store.
     pub local_store_dir: PathBuf,
     /// `--subnet-manager` (ours), effective: as given, else `kube` with
@@ -245,6 +251,8 @@ impl Default for Options {
             v: 0,
             vmodule: String::new(),
             log_backtrace_at: String::new(),
+            charon_executable_path: String::new(),
+            charon_vici_uri: String::new(),
             local_store_dir: DEFAULT_LOCAL_STORE_DIR.into(),
             subnet_manager: SubnetManagerKind::Etcd,
         }
@@ -306,6 +314,8 @@ impl Options {
             ("v", self.v.to_string()),
             ("vmodule", s(&self.vmodule)),
             ("log_backtrace_at", s(&self.log_backtrace_at)),
+            ("charon-executable-path", s(&self.charon_executable_path)),
+            ("charon-vici-uri", s(&self.charon_vici_uri)),
             ("local-store-dir", p(&self.local_store_dir)),
             (
                 "subnet-manager",
@@ -534,6 +544,14 @@ struct Flags {
     /// when logging hits line file:N, emit a stack trace
     #[arg(long = "log_backtrace_at", value_name = "FILE:N", value_parser = parse_backtrace_at)]
     log_backtrace_at: Option<String>,
+    /// path to the charon executable (ipsec backend; default: $PATH, then strongSwan's
+    /// usual locations)
+    #[arg(long, value_name = "FILE")]
+    charon_executable_path: Option<String>,
+    /// charon's VICI socket URI (ipsec backend), e.g. unix:///var/run/charon.vici; given
+    /// without --charon-executable-path, a running charon is used instead of starting one
+    #[arg(long, value_name = "URI")]
+    charon_vici_uri: Option<String>,
     /// directory of the local subnet manager's lease store (not in Go flanneld)
     #[arg(long, value_name = "DIR", default_value = DEFAULT_LOCAL_STORE_DIR)]
     local_store_dir: PathBuf,
@@ -857,6 +875,8 @@ fn into_options(f: Flags) -> Result<Options, CliError> {
         v: f.v,
         vmodule: f.vmodule.unwrap_or_default(),
         log_backtrace_at: f.log_backtrace_at.unwrap_or_default(),
+        charon_executable_path: f.charon_executable_path.unwrap_or_default(),
+        charon_vici_uri: f.charon_vici_uri.unwrap_or_default(),
         local_store_dir: f.local_store_dir,
         subnet_manager,
     })

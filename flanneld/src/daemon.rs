@@ -206,6 +206,13 @@ pub async fn run(opts: Options) -> Result<()> {
         health.set_backend_metrics(Arc::new(move || crate::metrics::udp_families(read.read())));
         host.with_extension(udp)
     };
+    #[cfg(feature = "ipsec")]
+    let host = host.with_extension(flannel_backend_ipsec::CharonSettings {
+        executable: Some(opts.charon_executable_path.clone())
+            .filter(|p| !p.is_empty())
+            .map(Into::into),
+        vici_uri: Some(opts.charon_vici_uri.clone()).filter(|u| !u.is_empty()),
+    });
 
     let previous = read_subnet_env(&opts.subnet_file)?;
     let (prev4, w4) = previous.previous_subnet();
