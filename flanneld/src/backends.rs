@@ -17,6 +17,10 @@ pub fn create(backend_type: &str) -> Result<Box<dyn Backend>> {
         flannel_backend_alloc::TYPE => Ok(Box::new(flannel_backend_alloc::AllocBackend)),
         #[cfg(feature = "tencent-vpc")]
         flannel_backend_tencent::TYPE => Ok(Box::new(flannel_backend_tencent::TencentBackend)),
+        #[cfg(feature = "wireguard")]
+        flannel_backend_wireguard::TYPE => {
+            Ok(Box::new(flannel_backend_wireguard::WireguardBackend))
+        }
         t if BACKEND_TYPES.contains(&t) => bail!(
             "backend type {t} is not built into this flanneld (built in: {}){}",
             built_in().join(", "),
@@ -37,6 +41,7 @@ const FEATURES: &[(&str, bool)] = &[
     ("host-gw", cfg!(feature = "host-gw")),
     ("alloc", cfg!(feature = "alloc")),
     ("tencent-vpc", cfg!(feature = "tencent-vpc")),
+    ("wireguard", cfg!(feature = "wireguard")),
 ];
 
 /// The backend types compiled into this binary.

@@ -184,9 +184,18 @@ pub async fn run(opts: Options) -> Result<()> {
     let backend =
         backends::create(&config.backend_type_lower()).context("Error fetching backend")?;
     let ops: SharedOps = Arc::new(netlink.clone());
-    let host = HostContext::default()
+    #[allow(unused_mut)]
+    let mut host = HostContext::default()
         .with_env(|name| std::env::var(name).ok())
         .with_extension(ops);
+    #[cfg(feature = "wireguard")]
+    {
+        let wg = flannel_backend_wireguard::WgMetrics::default();
+        host = host.with_extension(wg.clone());
+        health.add_metrics_source(Arc::new(move |out: &mut String| {
+            crate::metrics::render_wireguard(&wg.read(), out)
+        }));
+    }
 
     let previous = read_subnet_env(&opts.subnet_file)?;
     let (prev4, w4) = previous.previous_subnet();

@@ -150,7 +150,11 @@ struct State {
     loops: Vec<LoopEntry>,
     gates: Vec<(String, bool)>,
     rules: Option<Arc<RulesStatus>>,
+    extra_metrics: Vec<MetricsSource>,
 }
+
+/// Appends a backend's metric families (Prometheus text) to `/metrics`.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// What the endpoints report. Shared (`Arc`) between the daemon, its loops
 /// and [`serve`].
@@ -192,6 +196,17 @@ impl Health {
     pub fn with_liveness_limit(self, limit: Duration) -> Health {
         self.lock().liveness_limit = Some(limit);
         self
+    }
+
+    /// Adds a source of backend metric families, rendered after flanneld's
+    /// own on every scrape.
+    pub fn add_metrics_source(&self, source: MetricsSource) {
+        self.lock().extra_metrics.push(source);
+    }
+
+    /// The backend metric sources.
+    pub fn metrics_sources(&self) -> Vec<MetricsSource> {
+        self.lock().extra_metrics.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
