@@ -38,7 +38,7 @@ pub mod metrics;
 pub mod network;
 pub mod options;
 pub mod peers;
-mod userspace;
+pub mod userspace;
 
 pub use keys::Key;
 pub use metrics::{WgMetrics, WgState};

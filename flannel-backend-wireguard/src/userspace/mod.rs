@@ -1,6 +1,8 @@
 //! The userspace WireGuard implementation (boringtun's `noise` protocol
 //! core on flannel's userspace datapath engine).
 
+pub mod core;
+
 use crate::device::SharedDevice;
 use crate::keys::Key;
 use flannel_core::backend::{BackendError, Driver, HostContext};
