@@ -2,6 +2,7 @@
 //! core on flannel's userspace datapath engine).
 
 pub mod core;
+pub mod uapi;
 
 use crate::device::SharedDevice;
 use crate::keys::Key;
