@@ -19,9 +19,11 @@ cd "$(dirname "$0")/.."
 # bridge/host-local CNI plugins; iproute2/iputils-ping/iptables/nftables:
 # datapath and end-to-end tests;
 # curl: TLS checks against etcd; procps: kill(1), which tests use to signal
-# the daemons they started.
+# the daemons they started; wireguard-tools (`wg show`/`wg set`) and tcpdump
+# (the underlay carries no plaintext): the wireguard backend's tests.
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
-          iproute2 iputils-ping iptables nftables curl ca-certificates procps)
+          iproute2 iputils-ping iptables nftables curl ca-certificates procps
+          wireguard-tools tcpdump)
 ensure_packages "${PACKAGES[@]}"
 
 step() { echo; echo "==> $*"; }

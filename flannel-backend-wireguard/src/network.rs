@@ -211,8 +211,10 @@ impl WireguardNetwork {
                     Err(e) => return Err(dp(format!("wireguard device {name}"), e)),
                 }
             }
+            let v6_socket = matches!(role, DeviceRole::V6 | DeviceRole::Single(Mode::Ipv6));
             let opened =
-                crate::userspace::open(&ops, name, mtu, &private_key, port, ctx.host).await?;
+                crate::userspace::open(&ops, name, mtu, &private_key, port, v6_socket, ctx.host)
+                    .await?;
             devices.push(Device {
                 role,
                 port,

@@ -266,7 +266,10 @@ mod tests {
         assert!(core.status().peers.is_empty());
         // Bad input is an errno, never a panic.
         assert_eq!(handle(&core, "set=1\npublic_key=zz\n\n"), "errno=22\n\n");
-        assert_eq!(handle(&core, "set=1\nendpoint=1.2.3.4:5\n\n"), "errno=71\n\n");
+        assert_eq!(
+            handle(&core, "set=1\nendpoint=1.2.3.4:5\n\n"),
+            "errno=71\n\n"
+        );
         assert_eq!(handle(&core, "set=1\nlisten_port=1\n\n"), "errno=95\n\n");
         assert_eq!(handle(&core, "hello\n\n"), "errno=71\n\n");
     }
