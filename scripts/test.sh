@@ -21,9 +21,12 @@ cd "$(dirname "$0")/.."
 # curl: TLS checks against etcd; procps: kill(1), which tests use to signal
 # the daemons they started; wireguard-tools (`wg show`/`wg set`) and tcpdump
 # (the underlay carries no plaintext): the wireguard backend's tests.
+# qemu-system-x86, busybox-static, kmod, xz-utils: scripts/vm-run.sh, the VM
+# (Debian's kernel under qemu) in which the ipip/ESP/WireGuard tests run,
+# since this kernel has none of them.
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
           iproute2 iputils-ping iptables nftables curl ca-certificates procps
-          wireguard-tools tcpdump)
+          wireguard-tools tcpdump qemu-system-x86 busybox-static kmod xz-utils)
 ensure_packages "${PACKAGES[@]}"
 
 step() { echo; echo "==> $*"; }

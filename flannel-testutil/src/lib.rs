@@ -16,7 +16,9 @@
 //! Nothing here is meant for production code; this crate is `publish = false`.
 //!
 //! Features: `cluster` (off by default) adds the `cluster` module; it
-//! pulls in `etcd-client` and `tokio`; `tencent` adds fakes of Tencent Cloud's VPC API and metadata service (`tencent` module).
+//! pulls in `etcd-client` and `tokio`; `tencent` adds fakes of Tencent Cloud's VPC API and metadata service (`tencent` module);
+//! `vm` adds the `vm` module: rerun a test binary's kernel-only tests inside
+//! a qemu VM booting Debian's kernel (`scripts/vm-run.sh`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +30,8 @@ pub mod logs;
 pub mod netns;
 #[cfg(feature = "tencent")]
 pub mod tencent;
+#[cfg(feature = "vm")]
+pub mod vm;
 
 /// Errors returned by the test utilities.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,11 @@ pub enum TestUtilError {
     /// or a port could not be reused on restart.
     #[error("invalid etcd server state: {0}")]
     State(String),
+
+    /// The VM harness cannot run: a prerequisite (qemu, the script) is
+    /// missing; the message names it.
+    #[error("the test VM cannot run: {0}")]
+    VmUnavailable(String),
 }
 
 impl TestUtilError {
