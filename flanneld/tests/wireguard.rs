@@ -459,3 +459,177 @@ fn userspace_three_hosts_etcd() {
     ping_ok(&c, 0, 1, CONVERGE).expect("pods talk after the restart");
     ping_ok(&c, 2, 0, CONVERGE).expect("pods talk after the restart");
 }
+
+/// Kernel WireGuard exists only in the VM (Debian's kernel under qemu):
+/// one boot runs every test of `in_vm`.
+#[test]
+fn kernel_mode_tests_pass_in_the_vm() {
+    flannel_testutil::vm::assert_tests_pass_in_vm("in_vm::", &[("RUST_TEST_THREADS", "1")]);
+}
+
+mod in_vm {
+    use super::*;
+    use flannel_testutil::vm::require_vm;
+
+    fn sh(c: &Cluster, i: usize, script: &str) -> String {
+        run(Command::new("ip").args(["netns", "exec", c.host(i).name(), "sh", "-ec", script]))
+    }
+
+    /// Under emulation every step is 5-10 times slower.
+    const SLOW: Duration = Duration::from_secs(90);
+
+    /// Host 1 on kernel WireGuard (chosen by itself), host 2 forced to
+    /// userspace, host 3 a kernel device configured with `wg` exactly as Go
+    /// flannel configures it, its lease written as Go writes it: all pods
+    /// reach each other (kernel-kernel, kernel-userspace,
+    /// userspace-Go); a restart of host 1 keeps its device, peers and
+    /// sessions.
+    #[test]
+    #[ignore = "kernel-only: run inside the VM by kernel_mode_tests_pass_in_the_vm"]
+    fn kernel_userspace_and_go_style_hosts() {
+        require_vm();
+        let mut c = cluster("wgk", 3, WG_CONFIG);
+        c.set_host_env(1, "FLANNEL_WIREGUARD_IMPLEMENTATION", "userspace");
+
+        // Host 3, the Go way: key, device, address, route, lease.
+        let go = 2;
+        let keyf = c.host_path(go).join("go.key");
+        let private = run(Command::new("wg").arg("genkey"));
+        std::fs::write(&keyf, private.trim()).unwrap();
+        let go_pub = {
+            let mut child = Command::new("wg")
+                .arg("pubkey")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(private.as_bytes())
+                .unwrap();
+            String::from_utf8(child.wait_with_output().unwrap().stdout)
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        sh(
+            &c,
+            go,
+            &format!(
+                "ip link add flannel-wg type wireguard
+                 wg set flannel-wg private-key {} listen-port 51820
+                 ip link set flannel-wg mtu 1420
+                 ip addr add 10.244.200.0/32 dev flannel-wg
+                 ip link set flannel-wg up
+                 ip route replace 10.244.0.0/16 dev flannel-wg scope link",
+                keyf.display()
+            ),
+        );
+        std::fs::write(
+            c.subnet_file(go),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.200.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        c.etcd_put_with_lease(
+            &format!("{PREFIX}/subnets/10.244.200.0-24"),
+            &format!(
+                r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{go_pub}","Port":51820}}}}"#,
+                c.host_ip(go)
+            ),
+            3600,
+        );
+
+        for i in 0..2 {
+            c.start(i, &[]);
+        }
+        let subnets: Vec<String> = (0..2)
+            .map(|i| subnet_of(&c.wait_env_within(i, None, SLOW)))
+            .collect();
+        let link = c.ip(0, &["-d", "link", "show", "flannel-wg"]);
+        assert!(
+            link.contains("wireguard"),
+            "host 1: a kernel device: {link}"
+        );
+        let link = c.ip(1, &["-d", "link", "show", "flannel-wg"]);
+        assert!(
+            link.contains("tun type tun"),
+            "host 2: the forced userspace TUN: {link}"
+        );
+        // Go adds a peer per lease; so do we, here by hand.
+        let pubs: Vec<String> = (0..2).map(|i| public_key(&c, i)).collect();
+        for i in 0..2 {
+            sh(
+                &c,
+                go,
+                &format!(
+                    "wg set flannel-wg peer {} endpoint {}:51820 allowed-ips {}",
+                    pubs[i],
+                    c.host_ip(i),
+                    subnets[i]
+                ),
+            );
+        }
+        for i in 0..3 {
+            c.add_pod(i);
+        }
+        for (a, b) in [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)] {
+            ping_ok(&c, a, b, SLOW).unwrap_or_else(|e| {
+                panic!(
+                    "pod {} -> pod {}: {e}\n{}",
+                    a + 1,
+                    b + 1,
+                    c.log_tail(a.min(1), 20)
+                )
+            });
+        }
+
+        // The kernel host's peers as Go would have configured them.
+        let dump = sh(&c, 0, "wg show flannel-wg dump");
+        let mut got: Vec<(String, String, String)> =
+            peers(&dump).into_iter().map(|p| (p.0, p.2, p.3)).collect();
+        got.sort();
+        let mut want = vec![
+            (
+                pubs[1].clone(),
+                format!("{}:51820", c.host_ip(1)),
+                subnets[1].clone(),
+            ),
+            (
+                go_pub.clone(),
+                format!("{}:51820", c.host_ip(go)),
+                "10.244.200.0/24".to_string(),
+            ),
+        ];
+        want.sort();
+        assert_eq!(got, want, "host 1: wg show\n{dump}");
+        transfer_sha256(&c, 1, 2, 256 << 10, c.dir.path());
+
+        // Restart host 1: same device, peers and sessions.
+        let index = c.ifindex(0, "flannel-wg");
+        let handshakes = sh(&c, 0, "wg show flannel-wg latest-handshakes");
+        c.daemon(0).terminate(Duration::from_secs(30));
+        c.start(0, &[]);
+        wait_until(SLOW, || {
+            (c.log(0).matches("lease acquired").count() >= 2)
+                .then_some(())
+                .ok_or_else(|| "not restarted".to_string())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", c.log_tail(0, 20)));
+        assert!(
+            c.log(0)
+                .contains("reusing the existing WireGuard device flannel-wg"),
+            "{}",
+            c.log_tail(0, 20)
+        );
+        assert_eq!(c.ifindex(0, "flannel-wg"), index, "the device was kept");
+        assert_eq!(
+            sh(&c, 0, "wg show flannel-wg latest-handshakes"),
+            handshakes,
+            "no new handshake: the sessions survived the restart"
+        );
+        ping_ok(&c, 0, 1, SLOW).expect("pods talk after the restart");
+        ping_ok(&c, 0, 2, SLOW).expect("pods talk after the restart");
+    }
+}
