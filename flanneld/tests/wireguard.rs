@@ -20,9 +20,14 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use flannel_testutil::cluster::{Backing, CONVERGE, Cluster, PREFIX, env_value, wait_until};
+use flannel_testutil::cluster::{
+    Backing, CONVERGE, Cluster, PREFIX, env_value, http_get, wait_until,
+};
 
 const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
+
+/// Host 1's health server (in its own namespace).
+const HEALTHZ: &str = "--healthz-port=8471";
 
 const WG_CONFIG: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard"}}"#;
 
@@ -266,7 +271,9 @@ impl Capture {
 #[test]
 fn userspace_three_hosts_etcd() {
     let mut c = cluster("wgu3", 3, WG_CONFIG);
-    c.start_all();
+    c.start(0, &[HEALTHZ]);
+    c.start(1, &[]);
+    c.start(2, &[]);
     let envs: Vec<String> = (0..3).map(|i| c.wait_env(i)).collect();
     let subnets: Vec<String> = envs.iter().map(|e| subnet_of(e)).collect();
     for (i, env) in envs.iter().enumerate() {
@@ -374,6 +381,28 @@ fn userspace_three_hosts_etcd() {
         );
     }
 
+    // /metrics: the implementation, the fallback, per-peer counters.
+    wait_until(CONVERGE, || {
+        let (code, body) = http_get(c.host(0), "127.0.0.1:8471".parse().unwrap(), "/metrics")
+            .map_err(|e| e.to_string())?;
+        let ok = code == 200
+            && body.contains("flannel_wireguard_implementation{implementation=\"userspace\"} 1")
+            && body.contains("flannel_wireguard_kernel_fallback 1")
+            && body.contains("flannel_wireguard_peers{device=\"flannel-wg\"} 2")
+            && body.lines().any(|l| {
+                l.starts_with("flannel_wireguard_peer_receive_bytes_total{")
+                    && l.contains(&pubs[1])
+                    && !l.ends_with(" 0")
+            })
+            && body.lines().any(|l| {
+                l.starts_with("flannel_wireguard_peer_last_handshake_timestamp_seconds{")
+                    && l.contains(&format!("endpoint=\"{}:51820\"", c.host_ip(1)))
+                    && !l.ends_with(" 0")
+            });
+        ok.then_some(()).ok_or(body)
+    })
+    .unwrap_or_else(|body| panic!("host 1 /metrics lacks the WireGuard families:\n{body}"));
+
     // No plaintext on the underlay: only UDP between WireGuard ports.
     let cap = Capture::start(&c, c.dir.path().join("underlay.pcap"));
     let marker = "f1a22e1f1a22e1f1";
@@ -441,7 +470,7 @@ fn userspace_three_hosts_etcd() {
     // Restart: the key file is reused, so the lease keeps its public key.
     let before = c.etcd_leases();
     c.daemon(0).terminate(Duration::from_secs(10));
-    c.start(0, &[]);
+    c.start(0, &[HEALTHZ]);
     wait_until(CONVERGE, || {
         let log = c.log(0);
         (log.matches("lease acquired").count() >= 2)
