@@ -17,6 +17,9 @@
 #   datapath    pod-to-pod iperf3 vs hand-made kernel setup with the same
 #               iptables rules (scripts/bench-datapath.sh, BENCH_DATAPATH_SECS
 #               per run, default 5)
+#   wireguard   pod-to-pod iperf3 over userspace WireGuard vs boringtun-cli
+#               configured with wg, and vs kernel vxlan, with CPU per Gbit/s
+#               (scripts/bench-wireguard.sh)
 # Every JSON figure line goes to target/bench-report.json (a JSON array); a
 # table of all figures (name, kind, value, unit, baseline, ratio) is printed
 # last. The kind says what the ratio means: "comparison" (like for like: the
@@ -30,7 +33,7 @@ cd "$(dirname "$0")/.." || exit 1
 . scripts/lib.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,29p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,32p' "$0"; exit 0 ;; esac
 [ $# -eq 0 ] || { echo "usage: $0  (no arguments; see --help)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (network namespaces)" >&2; exit 1; }
 DATAPATH_SECS=${BENCH_DATAPATH_SECS:-5}
@@ -83,6 +86,15 @@ if scripts/bench-datapath.sh "$DATAPATH_SECS" && [ -s "$ROOT/target/bench-datapa
 else
     echo "!! datapath failed" >&2
     FAILED+=(datapath)
+fi
+
+say "wireguard datapath"
+rm -f "$ROOT/target/bench-wireguard.jsonl"
+if scripts/bench-wireguard.sh "$DATAPATH_SECS" && [ -s "$ROOT/target/bench-wireguard.jsonl" ]; then
+    cat "$ROOT/target/bench-wireguard.jsonl" >>"$WORK/figures.jsonl"
+else
+    echo "!! wireguard datapath failed" >&2
+    FAILED+=(wireguard)
 fi
 
 jq -s . "$WORK/figures.jsonl" >"$REPORT" || { echo "invalid JSON figure lines" >&2; exit 1; }

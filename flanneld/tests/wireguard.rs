@@ -489,6 +489,127 @@ fn userspace_three_hosts_etcd() {
     ping_ok(&c, 2, 0, CONVERGE).expect("pods talk after the restart");
 }
 
+/// The IPv6 subnet (`fd00:244:0:X::/64`) of a dual-stack subnet.env.
+fn subnet6_of(env: &str) -> String {
+    let s = env_value(env, "FLANNEL_IPV6_SUBNET").expect("FLANNEL_IPV6_SUBNET");
+    let (ip, len) = s.split_once('/').unwrap();
+    let ip: std::net::Ipv6Addr = ip.parse().unwrap();
+    let len: u32 = len.parse().unwrap();
+    let mask = u128::MAX << (128 - len);
+    format!("{}/{len}", std::net::Ipv6Addr::from(u128::from(ip) & mask))
+}
+
+/// Dual stack in Go's `separate` and `ipv6` modes (userspace): the devices,
+/// peers and endpoints Go configures, and pods reaching each other over
+/// both families. (`auto` and `ipv4` differ from these only in the endpoint
+/// chosen, covered by the unit tests of `peers`.)
+#[test]
+fn dual_stack_modes() {
+    let ds = |mode: &str| {
+        format!(
+            r#"{{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:244::/56", "Backend": {{"Type": "wireguard", "Mode": "{mode}"}}}}"#
+        )
+    };
+    for (mode, tag) in [("separate", "wgsep"), ("ipv6", "wgip6")] {
+        let config = ds(mode);
+        let mut c = Cluster::new(FLANNELD, tag, 2, true, Backing::Etcd, &config);
+        for i in 0..2 {
+            let d = c.host_path(i);
+            c.set_host_env(
+                i,
+                "WIREGUARD_KEY_FILE",
+                &d.join("keys/wgkey").display().to_string(),
+            );
+            c.set_host_env(
+                i,
+                "FLANNEL_WIREGUARD_SOCKET_DIR",
+                &d.join("wg").display().to_string(),
+            );
+        }
+        c.start_all();
+        let envs: Vec<String> = (0..2).map(|i| c.wait_env(i)).collect();
+        let s4: Vec<String> = envs.iter().map(|e| subnet_of(e)).collect();
+        let s6: Vec<String> = envs.iter().map(|e| subnet6_of(e)).collect();
+        let pubs: Vec<String> = (0..2).map(|i| public_key(&c, i)).collect();
+        let v6 = |i: usize| c.topo.host(i).ipv6.expect("IPv6 host address");
+        // The lease as Go writes it: IPv6 data with ListenPortV6 in both modes.
+        let leases = c.etcd_leases();
+        for i in 0..2 {
+            let key = format!(
+                "{PREFIX}/subnets/{}&{}",
+                s4[i].replace('/', "-"),
+                s6[i].replace('/', "-")
+            );
+            let (value, _) = leases
+                .get(&key)
+                .unwrap_or_else(|| panic!("{mode}: no lease {key} in {leases:?}"));
+            assert_eq!(
+                value,
+                &format!(
+                    r#"{{"PublicIP":"{}","PublicIPv6":"{}","BackendType":"wireguard","BackendData":{{"PublicKey":"{p}","Port":51820}},"BackendV6Data":{{"PublicKey":"{p}","Port":51821}}}}"#,
+                    c.host_ip(i),
+                    v6(i),
+                    p = pubs[i]
+                ),
+                "{mode}: host {} lease",
+                i + 1
+            );
+        }
+        for i in 0..2 {
+            let j = 1 - i;
+            let wants: Vec<(&str, String, String)> = if mode == "separate" {
+                vec![
+                    (
+                        "flannel-wg",
+                        format!("{}:51820", c.host_ip(j)),
+                        s4[j].clone(),
+                    ),
+                    ("flannel-wg-v6", format!("[{}]:51821", v6(j)), s6[j].clone()),
+                ]
+            } else {
+                // One device: both subnets, the IPv6 endpoint on ListenPort.
+                vec![(
+                    "flannel-wg",
+                    format!("[{}]:51820", v6(j)),
+                    format!("{},{}", s4[j], s6[j]),
+                )]
+            };
+            for (dev, ep, allowed) in wants {
+                let dump = wg(&c, i, &format!("show {dev} dump"));
+                let got: Vec<(String, String, String)> =
+                    peers(&dump).into_iter().map(|p| (p.0, p.2, p.3)).collect();
+                let mut allowed_sorted: Vec<&str> = allowed.split(',').collect();
+                allowed_sorted.sort();
+                let got_sorted: Vec<(String, String, String)> = got
+                    .into_iter()
+                    .map(|(k, e, a)| {
+                        let mut v: Vec<&str> = a.split(',').collect();
+                        v.sort();
+                        (k, e, v.join(","))
+                    })
+                    .collect();
+                assert_eq!(
+                    got_sorted,
+                    vec![(pubs[j].clone(), ep, allowed_sorted.join(","))],
+                    "{mode}: host {} {dev}\n{dump}",
+                    i + 1
+                );
+            }
+            if mode == "ipv6" {
+                let routes6 = c.routes(i, true);
+                assert!(
+                    routes6.contains("fd00:244::/56 dev flannel-wg"),
+                    "{mode}: {routes6}"
+                );
+            }
+        }
+        for i in 0..2 {
+            c.add_pod(i);
+        }
+        c.ping_all_pairs(true);
+    }
+}
+
 /// Kernel WireGuard exists only in the VM (Debian's kernel under qemu):
 /// one boot runs every test of `in_vm`.
 #[test]
