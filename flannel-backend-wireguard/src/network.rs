@@ -3,7 +3,7 @@
 
 use crate::device::{PeerSet, SharedDevice};
 use crate::kernel::KernelDevice;
-use crate::keys::{self, Key};
+use crate::keys;
 use crate::metrics::WgMetrics;
 use crate::options::{IMPLEMENTATION_ENV, Implementation, Mode, TYPE, WireguardOptions};
 use crate::peers::{DeviceRole, LocalAddrs, PeerConfig, Skip, WgLeaseData, desired_peers};
@@ -531,9 +531,4 @@ impl Network for WireguardNetwork {
     async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {
         follow_renewal(&mut self.lease, lease, TYPE)
     }
-}
-
-/// The public key a private key file holds (for tools and tests).
-pub fn public_key_of(private: &Key) -> String {
-    private.public_key().to_base64()
 }
