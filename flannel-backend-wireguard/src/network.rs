@@ -532,3 +532,100 @@ impl Network for WireguardNetwork {
         follow_renewal(&mut self.lease, lease, TYPE)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flannel_core::backend::{ExternalInterface, HostContext};
+    use flannel_core::config::NetConfig;
+    use flannel_netlink::fake::FakeNetlink;
+    use flannel_subnet::local::LocalStore;
+    use flannel_subnet::manager::LeaseManager;
+    use std::sync::Arc;
+
+    /// Registers on a fake kernel without WireGuard; returns the error.
+    async fn refused(conf: &str, env: Vec<(&'static str, String)>) -> String {
+        let nl = Arc::new(FakeNetlink::new());
+        nl.add_link("eth0", 1500);
+        nl.lack_link_kind("wireguard");
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&dir.path().join("store")).unwrap();
+        store.set_config(conf).unwrap();
+        let manager = LeaseManager::new(store);
+        let mut config = NetConfig::parse(conf).unwrap();
+        config.check().unwrap();
+        let iface = ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+            iface_addr: Some([192, 168, 100, 1].into()),
+            iface_v6_addr: None,
+            ext_addr: Some([192, 168, 100, 1].into()),
+            ext_v6_addr: None,
+        };
+        let ops: SharedOps = nl.clone();
+        let key = dir.path().join("wgkey").display().to_string();
+        let host = HostContext::default()
+            .with_extension(ops.clone())
+            .with_env(move |k| {
+                if k == keys::KEY_FILE_ENV {
+                    return Some(key.clone());
+                }
+                env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+            });
+        let ctx = RegisterContext {
+            config: &config,
+            ext_iface: &iface,
+            manager: &manager,
+            previous_subnet: None,
+            previous_ipv6_subnet: None,
+            host: &host,
+        };
+        match WireguardNetwork::register(ops, &ctx).await {
+            Ok(_) => panic!("registration should fail"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn forced_kernel_on_a_kernel_without_wireguard() {
+        let e = refused(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Implementation":"kernel"}}"#,
+            vec![],
+        )
+        .await;
+        assert!(
+            e.contains("Operation not supported")
+                && e.contains("forced to kernel")
+                && e.contains(IMPLEMENTATION_ENV),
+            "{e}"
+        );
+        // The environment variable wins over the option.
+        let e = refused(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#,
+            vec![(IMPLEMENTATION_ENV, "kernel".into())],
+        )
+        .await;
+        assert!(e.contains("forced to kernel"), "{e}");
+        let e = refused(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#,
+            vec![(IMPLEMENTATION_ENV, "fast".into())],
+        )
+        .await;
+        assert_eq!(
+            e,
+            format!(
+                "invalid wireguard backend configuration: {IMPLEMENTATION_ENV}=\"fast\" is not one of auto, kernel, userspace"
+            )
+        );
+        let e = refused(
+            r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Mode":"x"}}"#,
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            e,
+            "invalid wireguard backend configuration: no valid Mode configured"
+        );
+    }
+}
