@@ -549,7 +549,7 @@ mod tests {
         nl.add_link("eth0", 1500);
         nl.lack_link_kind("wireguard");
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(&dir.path().join("store")).unwrap();
+        let store = LocalStore::open(dir.path().join("store")).unwrap();
         store.set_config(conf).unwrap();
         let manager = LeaseManager::new(store);
         let mut config = NetConfig::parse(conf).unwrap();
