@@ -147,7 +147,7 @@ boringtun() {
     local P=$1 i j h dev net_i net_j
     hosts "$P"
     for i in 1 2; do
-        wg genkey >"$WORK/$P-k$i"
+        (umask 077; wg genkey >"$WORK/$P-k$i")
         wg pubkey <"$WORK/$P-k$i" >"$WORK/$P-pub$i"
     done
     for i in 1 2; do
