@@ -30,6 +30,31 @@
 //! `ListenPortV6`). The peers are a pure function of the leases
 //! ([`peers::desired_peers`]) applied by one
 //! [`Reconciler`](flannel_core::reconcile::Reconciler) per device.
+//!
+//! # Features
+//!
+//! None. Linux only; the kernel mode needs the `wireguard` module, the
+//! userspace mode `/dev/net/tun`.
+//!
+//! # Example
+//!
+//! The peer a Go node's lease asks for on `flannel-wg`:
+//!
+//! ```
+//! use flannel_backend_wireguard::WireguardOptions;
+//! use flannel_backend_wireguard::peers::{DeviceRole, LocalAddrs, peer_for};
+//! use flannel_core::lease::{Lease, LeaseAttrs};
+//!
+//! let attrs = LeaseAttrs::from_json(
+//!     r#"{"PublicIP":"192.168.0.2","BackendType":"wireguard","BackendData":{"PublicKey":"HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=","Port":51820}}"#,
+//! )
+//! .unwrap();
+//! let lease = Lease::new("10.5.3.0-24".parse().unwrap(), attrs);
+//! let opts = WireguardOptions::default();
+//! let peer = peer_for(&lease, DeviceRole::V4, 51820, &opts, LocalAddrs::default()).unwrap();
+//! assert_eq!(peer.endpoint.unwrap().to_string(), "192.168.0.2:51820");
+//! assert_eq!(peer.allowed_ips, vec![("10.5.3.0".parse().unwrap(), 24)]);
+//! ```
 
 pub mod device;
 pub mod kernel;
