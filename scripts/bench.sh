@@ -25,6 +25,9 @@
 #   ipsec       host-side ipsec with userspace ESP (kernel-libipsec: this
 #               kernel has no ESP) next to kernel vxlan in the same run,
 #               labelled as such (scripts/bench-ipsec.sh)
+#   wireguard   pod-to-pod iperf3 over userspace WireGuard vs boringtun-cli
+#               configured with wg, and vs kernel vxlan, with CPU per Gbit/s
+#               (scripts/bench-wireguard.sh)
 # Every JSON figure line goes to target/bench-report.json (a JSON array); a
 # table of all figures (name, kind, value, unit, baseline, ratio) is printed
 # last. The kind says what the ratio means: "comparison" (like for like: the
@@ -101,6 +104,14 @@ if scripts/bench-ipsec.sh "$DATAPATH_SECS" && [ -s "$ROOT/target/bench-ipsec.jso
 else
     echo "!! ipsec failed" >&2
     FAILED+=(ipsec)
+fi
+say "wireguard datapath"
+rm -f "$ROOT/target/bench-wireguard.jsonl"
+if scripts/bench-wireguard.sh "$DATAPATH_SECS" && [ -s "$ROOT/target/bench-wireguard.jsonl" ]; then
+    cat "$ROOT/target/bench-wireguard.jsonl" >>"$WORK/figures.jsonl"
+else
+    echo "!! wireguard datapath failed" >&2
+    FAILED+=(wireguard)
 fi
 
 jq -s . "$WORK/figures.jsonl" >"$REPORT" || { echo "invalid JSON figure lines" >&2; exit 1; }

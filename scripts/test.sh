@@ -25,6 +25,8 @@ cd "$(dirname "$0")/.."
 # its units), debootstrap (the image's Debian minbase root, cached under
 # /var/tmp), umoci (packs the OCI image), runc (runs it), jq (edits the
 # runtime config).
+# wireguard-tools (`wg show`/`wg set`) and tcpdump (the underlay carries no
+# plaintext): the wireguard backend's tests.
 # qemu-system-x86, busybox-static, kmod, xz-utils: scripts/vm-run.sh, the VM
 # (Debian's kernel under qemu) in which the ipip/ESP/WireGuard tests run,
 # since this kernel has none of them.
@@ -37,7 +39,7 @@ PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plug
           binutils systemd debootstrap umoci runc jq
           qemu-system-x86 busybox-static kmod xz-utils
           strongswan-charon strongswan-swanctl libcharon-extra-plugins
-          libstrongswan-standard-plugins libstrongswan-extra-plugins tcpdump)
+          libstrongswan-standard-plugins libstrongswan-extra-plugins tcpdump wireguard-tools)
 # kubernetes-client: kubectl (1.20), a real client the fake Kubernetes API
 # server is checked against (flannel-testutil/tests/kube_fake.rs). Another
 # package's kubectl (e.g. Google Cloud SDK's, which owns /usr/bin/kubectl and
@@ -59,7 +61,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # few seconds each) and with -D warnings also fails on what only shows up in
 # these builds: unused imports and dead code left by cfg gating.
 step "feature builds (flanneld per backend, flannel-subnet without defaults)"
-for features in "" vxlan host-gw alloc tencent-vpc udp ipip ipsec; do
+for features in "" vxlan host-gw alloc tencent-vpc udp ipip ipsec wireguard; do
     echo "  flanneld --no-default-features${features:+ --features $features}"
     cargo clippy -q -p flanneld --all-targets --no-default-features ${features:+--features "$features"} -- -D warnings
 done

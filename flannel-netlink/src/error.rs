@@ -91,6 +91,12 @@ impl NetlinkError {
         self.os_error() == Some(EEXIST)
     }
 
+    /// Whether the kernel refused a link type it does not have
+    /// (`EOPNOTSUPP`: no such module, e.g. `type wireguard`).
+    pub fn is_unsupported_kind(&self) -> bool {
+        self.os_error() == Some(EOPNOTSUPP)
+    }
+
     /// Whether the kernel said the object does not exist (`ENOENT`, `ESRCH`,
     /// `ENODEV` or `EADDRNOTAVAIL`, depending on the object type), or
     /// [`NetlinkError::NotFound`].
@@ -109,3 +115,4 @@ pub(crate) const ESRCH: i32 = 3;
 pub(crate) const EEXIST: i32 = 17;
 pub(crate) const ENODEV: i32 = 19;
 pub(crate) const EADDRNOTAVAIL: i32 = 99;
+pub(crate) const EOPNOTSUPP: i32 = 95;

@@ -48,6 +48,8 @@ struct State {
     ipip: BTreeMap<u32, IpipInfo>,
     fail: Vec<String>,
     calls: Vec<String>,
+    /// Link kinds this kernel does not have (`ip link add` → EOPNOTSUPP).
+    missing_kinds: Vec<String>,
 }
 
 /// The in-memory kernel (see the module docs).
@@ -149,6 +151,12 @@ impl FakeNetlink {
     /// `EPERM`.
     pub fn fail_on(&self, pattern: &str) {
         self.state().fail.push(pattern.to_string());
+    }
+
+    /// Makes this kernel lack link type `kind`: creating one fails with
+    /// `EOPNOTSUPP`, as on a kernel without the module.
+    pub fn lack_link_kind(&self, kind: &str) {
+        self.state().missing_kinds.push(kind.to_string());
     }
 
     /// Stops failing calls.
@@ -510,5 +518,71 @@ impl NetOps for FakeNetlink {
             created: true,
             recreated_because,
         })
+    }
+
+    async fn ensure_wireguard(&self, name: &str, mtu: u32) -> Result<EnsuredLink, NetlinkError> {
+        let existing = self
+            .state()
+            .links
+            .values()
+            .find(|l| l.name == name)
+            .cloned();
+        let mut recreated_because = None;
+        if let Some(l) = existing {
+            if l.kind.as_deref() == Some("wireguard") {
+                self.record(format!("link reuse wireguard {name}"))?;
+                let mut s = self.state();
+                let link = s.links.get_mut(&l.index).expect("present");
+                link.mtu = mtu;
+                return Ok(EnsuredLink {
+                    link: link.clone(),
+                    created: false,
+                    recreated_because: None,
+                });
+            }
+            self.record(format!("link del {name}"))?;
+            self.delete_link(name);
+            recreated_because = Some(format!(
+                "link type: wireguard vs {}",
+                l.kind.as_deref().unwrap_or("device")
+            ));
+        }
+        let call = format!("link add {name} mtu {mtu} type wireguard");
+        if self.state().missing_kinds.iter().any(|k| k == "wireguard") {
+            self.state().calls.push(call.clone());
+            return Err(NetlinkError::Kernel {
+                object: call,
+                source: io::Error::from_raw_os_error(95),
+                detail: Some("Unknown device type".into()),
+            });
+        }
+        self.record(call)?;
+        let mut s = self.state();
+        let index = s.next_index;
+        s.next_index += 1;
+        let link = LinkInfo {
+            index,
+            name: name.to_string(),
+            mtu,
+            mac: None,
+            up: false,
+            kind: Some("wireguard".into()),
+            vxlan: None,
+        };
+        s.links.insert(index, link.clone());
+        Ok(EnsuredLink {
+            link,
+            created: true,
+            recreated_because,
+        })
+    }
+
+    async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        self.record(format!("link del if{index}"))?;
+        let name = self.state().links.get(&index).map(|l| l.name.clone());
+        if let Some(name) = name {
+            FakeNetlink::delete_link(self, &name);
+        }
+        Ok(())
     }
 }

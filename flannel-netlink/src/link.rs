@@ -351,6 +351,71 @@ impl Netlink {
         })
     }
 
+    /// `ip link add <name> mtu <mtu> type wireguard`, reusing an existing
+    /// wireguard link of that name (its peers and sessions are kept; only
+    /// its MTU is corrected) and replacing a link of another kind (a TUN
+    /// left by the userspace implementation). A kernel without WireGuard
+    /// refuses with `EOPNOTSUPP` ([`NetlinkError::is_unsupported_kind`]).
+    /// The device is left down; see [`Netlink::set_up`].
+    pub async fn ensure_wireguard(
+        &self,
+        name: &str,
+        mtu: u32,
+    ) -> Result<EnsuredLink, NetlinkError> {
+        let describe = || format!("link {name} (type wireguard mtu {mtu})");
+        let create = || {
+            let mut msg = LinkMessage::default();
+            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            msg.attributes
+                .push(LinkAttribute::LinkInfo(vec![RawLinkInfo::Kind(
+                    InfoKind::Wireguard,
+                )]));
+            self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+        };
+        let mut recreated_because = None;
+        match create().await {
+            Ok(()) => {}
+            Err(f) if f.errno() == Some(EEXIST) => match self.link_by_name(name).await? {
+                None => create().await.map_err(|f| f.into_error(describe()))?,
+                Some(existing) if existing.kind.as_deref() == Some("wireguard") => {
+                    if existing.mtu != mtu {
+                        self.set_mtu(existing.index, mtu).await?;
+                    }
+                    let link = self
+                        .link_by_index(existing.index)
+                        .await?
+                        .unwrap_or(existing);
+                    return Ok(EnsuredLink {
+                        link,
+                        created: false,
+                        recreated_because: None,
+                    });
+                }
+                Some(existing) => {
+                    self.delete_link(existing.index).await?;
+                    create().await.map_err(|f| f.into_error(describe()))?;
+                    recreated_because = Some(format!(
+                        "link type: wireguard vs {}",
+                        existing.kind.as_deref().unwrap_or("device")
+                    ));
+                }
+            },
+            Err(f) => return Err(f.into_error(describe())),
+        }
+        let link = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| NetlinkError::NotFound {
+                object: format!("link {name} (just created)"),
+            })?;
+        Ok(EnsuredLink {
+            link,
+            created: true,
+            recreated_because,
+        })
+    }
+
     /// `ip link set dev <dev> up`.
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
         let mut msg = set_link_msg(index);

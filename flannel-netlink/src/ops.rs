@@ -56,6 +56,11 @@ pub trait NetOps: Send + Sync {
     /// Creates `spec`'s ipip device, reuses a compatible one (setting its
     /// MTU) or recreates an incompatible one; see [`Netlink::ensure_ipip`].
     async fn ensure_ipip(&self, spec: &IpipSpec) -> Result<EnsuredLink, NetlinkError>;
+    /// `ip link add <name> mtu <mtu> type wireguard`, or reuse of an
+    /// existing wireguard link (see [`Netlink::ensure_wireguard`]).
+    async fn ensure_wireguard(&self, name: &str, mtu: u32) -> Result<EnsuredLink, NetlinkError>;
+    /// `ip link del dev <dev>` (a missing link is success).
+    async fn delete_link(&self, index: u32) -> Result<(), NetlinkError>;
 }
 
 /// A shared [`NetOps`]: what backends find in their
@@ -123,6 +128,12 @@ impl NetOps for Netlink {
     }
     async fn del_fdb(&self, index: u32, mac: Mac, dst: IpAddr) -> Result<(), NetlinkError> {
         Netlink::del_fdb(self, index, mac, dst).await
+    }
+    async fn ensure_wireguard(&self, name: &str, mtu: u32) -> Result<EnsuredLink, NetlinkError> {
+        Netlink::ensure_wireguard(self, name, mtu).await
+    }
+    async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        Netlink::delete_link(self, index).await
     }
     async fn disable_accept_ra(&self, name: &str) -> Result<(), NetlinkError> {
         let path = format!("/proc/sys/net/ipv6/conf/{name}/accept_ra");

@@ -472,6 +472,8 @@ pub struct Cluster {
     name: String,
     flanneld: PathBuf,
     env: Vec<(String, String)>,
+    /// Per host: variables for that host's daemons only (a key file path).
+    host_env: Vec<Vec<(String, String)>>,
 }
 
 impl Cluster {
@@ -558,6 +560,7 @@ impl Cluster {
             name: name.to_owned(),
             flanneld,
             env: Vec::new(),
+            host_env: (0..hosts).map(|_| Vec::new()).collect(),
         };
         c.store_network(first);
         c
@@ -782,6 +785,7 @@ impl Cluster {
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.envs(self.host_env[i].iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn ip netns exec flanneld");
         *self.slot(net, i) = Some(Daemon { child });
     }
@@ -791,6 +795,19 @@ impl Cluster {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Sets an environment variable for the daemons of host `i` only,
+    /// started from now on (overrides [`Cluster::set_env`]).
+    pub fn set_host_env(&mut self, i: usize, key: &str, value: &str) {
+        let env = &mut self.host_env[i];
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The directory of host `i` (subnet files, logs, CNI state).
+    pub fn host_path(&self, i: usize) -> PathBuf {
+        self.host_dir(i)
     }
 
     /// Starts flanneld on every host with no extra flags ([`Net::FIRST`]).

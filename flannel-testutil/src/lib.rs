@@ -29,10 +29,10 @@ use std::time::Duration;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod etcd;
-#[cfg(feature = "kube")]
-pub mod kube;
 #[cfg(feature = "goproxy")]
 pub mod goproxy;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod logs;
 pub mod netns;
 pub mod strongswan;

@@ -23,6 +23,10 @@ pub fn create(backend_type: &str) -> Result<Box<dyn Backend>> {
         flannel_backend_ipip::TYPE => Ok(Box::new(flannel_backend_ipip::IpipBackend)),
         #[cfg(feature = "ipsec")]
         flannel_backend_ipsec::TYPE => Ok(Box::new(flannel_backend_ipsec::IpsecBackend)),
+        #[cfg(feature = "wireguard")]
+        flannel_backend_wireguard::TYPE => {
+            Ok(Box::new(flannel_backend_wireguard::WireguardBackend))
+        }
         t if BACKEND_TYPES.contains(&t) => bail!(
             "backend type {t} is not built into this flanneld (built in: {}){}",
             built_in().join(", "),
@@ -48,6 +52,7 @@ pub const FEATURES: &[(&str, bool)] = &[
     ("udp", cfg!(feature = "udp")),
     ("ipip", cfg!(feature = "ipip")),
     ("ipsec", cfg!(feature = "ipsec")),
+    ("wireguard", cfg!(feature = "wireguard")),
 ];
 
 /// The backend types compiled into this binary.

@@ -203,7 +203,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let host = {
         let udp = flannel_backend_udp::UdpMetrics::default();
         let read = udp.clone();
-        health.set_backend_metrics(Arc::new(move || crate::metrics::udp_families(read.read())));
+        health.add_metrics_source(Arc::new(move |out: &mut String| {
+            out.push_str(&crate::metrics::udp_families(read.read()))
+        }));
         host.with_extension(udp)
     };
     #[cfg(feature = "ipsec")]
@@ -213,6 +215,16 @@ pub async fn run(opts: Options) -> Result<()> {
             .map(Into::into),
         vici_uri: Some(opts.charon_vici_uri.clone()).filter(|u| !u.is_empty()),
     });
+    // The wireguard backend publishes its devices and peers here.
+    #[cfg(feature = "wireguard")]
+    let host = {
+        let wg = flannel_backend_wireguard::WgMetrics::default();
+        let read = wg.clone();
+        health.add_metrics_source(Arc::new(move |out: &mut String| {
+            crate::metrics::render_wireguard(&read.read(), out)
+        }));
+        host.with_extension(wg)
+    };
 
     let previous = read_subnet_env(&opts.subnet_file)?;
     let (prev4, w4) = previous.previous_subnet();

@@ -150,12 +150,11 @@ struct State {
     loops: Vec<LoopEntry>,
     gates: Vec<(String, bool)>,
     rules: Option<Arc<RulesStatus>>,
-    backend_metrics: Option<BackendMetrics>,
+    extra_metrics: Vec<MetricsSource>,
 }
 
-/// Renders a backend's own metric families (exposition text, each family
-/// with its `HELP` and `TYPE` lines), appended to `/metrics`.
-pub type BackendMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+/// Appends a backend's metric families (Prometheus text) to `/metrics`.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// What the endpoints report. Shared (`Arc`) between the daemon, its loops
 /// and [`serve`].
@@ -197,6 +196,17 @@ impl Health {
     pub fn with_liveness_limit(self, limit: Duration) -> Health {
         self.lock().liveness_limit = Some(limit);
         self
+    }
+
+    /// Adds a source of backend metric families, rendered after flanneld's
+    /// own on every scrape.
+    pub fn add_metrics_source(&self, source: MetricsSource) {
+        self.lock().extra_metrics.push(source);
+    }
+
+    /// The backend metric sources.
+    pub fn metrics_sources(&self) -> Vec<MetricsSource> {
+        self.lock().extra_metrics.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -319,18 +329,6 @@ impl Health {
             return Err(format!("waiting for {name}"));
         }
         Ok(())
-    }
-
-    /// Adds a backend's own metric families to `/metrics` (the udp
-    /// datapath's packet, byte and drop counters).
-    pub fn set_backend_metrics(&self, render: BackendMetrics) {
-        self.lock().backend_metrics = Some(render);
-    }
-
-    /// The backend's own metric families, rendered now (empty without any).
-    pub fn backend_metrics(&self) -> String {
-        let render = self.lock().backend_metrics.clone();
-        render.map(|f| f()).unwrap_or_default()
     }
 
     /// What `/metrics` exports, read now.

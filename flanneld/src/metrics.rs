@@ -167,8 +167,101 @@ pub fn render(health: &Health) -> String {
         "Packet-filter resyncs that failed.",
         s.rule_resync_failures,
     );
-    out.0.push_str(&health.backend_metrics());
+    for source in health.metrics_sources() {
+        source(&mut out.0);
+    }
     out.0
+}
+
+/// The wireguard backend's families: the implementation in use (and
+/// whether it was a fallback from kernel WireGuard), and per peer the last
+/// handshake and byte counters.
+#[cfg(feature = "wireguard")]
+pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut String) {
+    let mut e = Exposition(std::mem::take(out));
+    if !state.implementation.is_empty() {
+        let _ = writeln!(
+            e.0,
+            "# HELP flannel_wireguard_implementation The WireGuard implementation in use (kernel or userspace).\n\
+             # TYPE flannel_wireguard_implementation gauge\n\
+             flannel_wireguard_implementation{{implementation=\"{}\"}} 1",
+            state.implementation
+        );
+        e.gauge(
+            "flannel_wireguard_kernel_fallback",
+            "1 when the userspace implementation runs because the kernel refused the wireguard link type.",
+            Some(&u8::from(state.fallback_reason.is_some())),
+        );
+    }
+    let mut peers = String::new();
+    let mut handshakes = String::new();
+    let mut rx = String::new();
+    let mut tx = String::new();
+    for (dev, st) in &state.devices {
+        let _ = writeln!(
+            peers,
+            "flannel_wireguard_peers{{device=\"{}\"}} {}",
+            label_value(dev),
+            st.peers.len()
+        );
+        for p in &st.peers {
+            let labels = format!(
+                "device=\"{}\",public_key=\"{}\",endpoint=\"{}\"",
+                label_value(dev),
+                p.config.public_key.to_base64(),
+                p.config.endpoint.map(|e| e.to_string()).unwrap_or_default()
+            );
+            let last = p
+                .last_handshake
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            let _ = writeln!(
+                handshakes,
+                "flannel_wireguard_peer_last_handshake_timestamp_seconds{{{labels}}} {last}"
+            );
+            let _ = writeln!(
+                rx,
+                "flannel_wireguard_peer_receive_bytes_total{{{labels}}} {}",
+                p.rx_bytes
+            );
+            let _ = writeln!(
+                tx,
+                "flannel_wireguard_peer_transmit_bytes_total{{{labels}}} {}",
+                p.tx_bytes
+            );
+        }
+    }
+    for (name, kind, help, body) in [
+        (
+            "flannel_wireguard_peers",
+            "gauge",
+            "WireGuard peers configured per device.",
+            peers,
+        ),
+        (
+            "flannel_wireguard_peer_last_handshake_timestamp_seconds",
+            "gauge",
+            "Unix time of the peer's last completed handshake (0: none yet).",
+            handshakes,
+        ),
+        (
+            "flannel_wireguard_peer_receive_bytes_total",
+            "counter",
+            "Bytes received from the peer.",
+            rx,
+        ),
+        (
+            "flannel_wireguard_peer_transmit_bytes_total",
+            "counter",
+            "Bytes sent to the peer.",
+            tx,
+        ),
+    ] {
+        let _ = writeln!(e.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        e.0.push_str(&body);
+    }
+    *out = e.0;
 }
 
 /// The udp datapath's families: packets and bytes per direction (`tx`:
