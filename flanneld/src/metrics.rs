@@ -165,5 +165,6 @@ pub fn render(health: &Health) -> String {
         "Packet-filter resyncs that failed.",
         s.rule_resync_failures,
     );
+    out.0.push_str(&health.datastore_metrics());
     out.0
 }

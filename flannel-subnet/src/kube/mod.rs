@@ -711,7 +711,7 @@ impl SubnetManager for KubeSubnetManager {
                     self.node_name,
                     describe_kube_error(&e)
                 );
-                Err(ManagerError::Unavailable(text))
+                Err(ManagerError::Other(text))
             }
         }
     }
