@@ -16,7 +16,9 @@
 //! Nothing here is meant for production code; this crate is `publish = false`.
 //!
 //! Features: `cluster` (off by default) adds the `cluster` module; it
-//! pulls in `etcd-client` and `tokio`; `tencent` adds fakes of Tencent Cloud's VPC API and metadata service (`tencent` module).
+//! pulls in `etcd-client` and `tokio`; `tencent` adds fakes of Tencent Cloud's VPC API and metadata service (`tencent` module);
+//! `kube` adds `kube::FakeApiServer`, a fake Kubernetes API server
+//! (Nodes and Pods over the real HTTP/JSON list/watch/patch protocol).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +26,8 @@ use std::time::Duration;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod etcd;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod logs;
 pub mod netns;
 #[cfg(feature = "tencent")]
