@@ -198,17 +198,21 @@ impl Default for KubeOptions {
 impl KubeOptions {
     /// Reads `NODE_NAME`, `POD_NAME`, `POD_NAMESPACE`, `EVENT_QUEUE_DEPTH`,
     /// `CONT_WHEN_CACHE_NOT_READY` and `KUBERNETES_SERVICE_HOST/PORT` through
-    /// `get` (empty values count as unset, as Go's `os.Getenv` checks do).
+    /// `get`. A variable that is set (and not empty, as Go's `os.Getenv`
+    /// checks) replaces the field; an unset one leaves it as it was.
     pub fn with_env(self, get: impl Fn(&str) -> Option<String>) -> KubeOptions {
         let var = |n: &str| get(n).filter(|v| !v.is_empty());
         KubeOptions {
-            node_name: var("NODE_NAME"),
-            pod_name: var("POD_NAME"),
-            pod_namespace: var("POD_NAMESPACE"),
-            event_queue_depth: var("EVENT_QUEUE_DEPTH"),
-            cont_when_cache_not_ready: var("CONT_WHEN_CACHE_NOT_READY").as_deref() == Some("true"),
-            service_host: var("KUBERNETES_SERVICE_HOST"),
-            service_port: var("KUBERNETES_SERVICE_PORT"),
+            node_name: var("NODE_NAME").or(self.node_name),
+            pod_name: var("POD_NAME").or(self.pod_name),
+            pod_namespace: var("POD_NAMESPACE").or(self.pod_namespace),
+            event_queue_depth: var("EVENT_QUEUE_DEPTH").or(self.event_queue_depth),
+            cont_when_cache_not_ready: match var("CONT_WHEN_CACHE_NOT_READY") {
+                Some(v) => v == "true",
+                None => self.cont_when_cache_not_ready,
+            },
+            service_host: var("KUBERNETES_SERVICE_HOST").or(self.service_host),
+            service_port: var("KUBERNETES_SERVICE_PORT").or(self.service_port),
             ..self
         }
     }
