@@ -825,7 +825,12 @@ impl Cluster {
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
-        for k in ["NODE_NAME", "POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST"] {
+        for k in [
+            "NODE_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "KUBERNETES_SERVICE_HOST",
+        ] {
             cmd.env_remove(k);
         }
         #[cfg(feature = "kube")]
@@ -1388,19 +1393,31 @@ pub fn kube_pod_cidrs(config: &str, i: usize) -> Vec<String> {
             .as_str()
             .unwrap_or_else(|| panic!("config {config} has no {key}"));
         let (addr, len) = text.split_once('/').expect("a CIDR");
-        (addr.to_owned(), len.parse::<u32>().expect("a prefix length"))
+        (
+            addr.to_owned(),
+            len.parse::<u32>().expect("a prefix length"),
+        )
     };
     if cfg["EnableIPv4"].as_bool() != Some(false) {
         let (addr, len) = net("Network");
-        assert!(len <= 16, "Network {addr}/{len} is too small for per-host /24s");
+        assert!(
+            len <= 16,
+            "Network {addr}/{len} is too small for per-host /24s"
+        );
         let base = u32::from(addr.parse::<Ipv4Addr>().expect("an IPv4 network"));
         out.push(format!("{}/24", Ipv4Addr::from(base + (n << 8))));
     }
     if cfg["EnableIPv6"].as_bool() == Some(true) {
         let (addr, len) = net("IPv6Network");
-        assert!(len <= 56, "IPv6Network {addr}/{len} is too small for per-host /64s");
+        assert!(
+            len <= 56,
+            "IPv6Network {addr}/{len} is too small for per-host /64s"
+        );
         let base = u128::from(addr.parse::<Ipv6Addr>().expect("an IPv6 network"));
-        out.push(format!("{}/64", Ipv6Addr::from(base + (u128::from(n) << 64))));
+        out.push(format!(
+            "{}/64",
+            Ipv6Addr::from(base + (u128::from(n) << 64))
+        ));
     }
     out
 }

@@ -142,10 +142,13 @@ async fn manager(
             Arc::new(m)
         }
         #[cfg(not(feature = "kube"))]
-        SubnetManagerKind::Kube => anyhow::bail!(
-            "Failed to create SubnetManager: this flanneld was built without the `kube` feature; \
+        SubnetManagerKind::Kube => {
+            let _ = health;
+            anyhow::bail!(
+                "Failed to create SubnetManager: this flanneld was built without the `kube` feature; \
              use --subnet-manager=etcd or the local store"
-        ),
+            )
+        }
     }))
 }
 

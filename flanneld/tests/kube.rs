@@ -55,7 +55,10 @@ fn flannel_annotations(api: &FakeApiServer, node: &str) -> BTreeMap<String, Stri
 }
 
 fn wanted(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
 }
 
 /// The annotation patch a node's flanneld sent (its first PATCH of the
@@ -79,7 +82,11 @@ fn annotation_patch(api: &FakeApiServer, node: &str) -> String {
 fn assert_network_available(api: &FakeApiServer, node: &str) {
     let ok = wait_until(CONVERGE, || {
         let n = api.node(node).ok_or_else(|| "node gone".to_string())?;
-        let conds = n.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let conds = n
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         conds
             .iter()
             .find(|c| c["type"] == "NetworkUnavailable")
@@ -103,13 +110,19 @@ fn assert_rbac(api: &FakeApiServer, rules: &[(String, Vec<String>)]) {
     for r in reqs.iter().filter(|r| !r.verb.is_empty()) {
         let allowed = rules
             .iter()
-            .any(|(res, verbs)| *res == r.resource && verbs.iter().any(|v| *v == r.verb));
+            .any(|(res, verbs)| *res == r.resource && verbs.contains(&r.verb));
         assert!(
             allowed,
             "{} {}?{} ({} {}) is not allowed by the ClusterRole {rules:?}",
             r.method, r.path, r.query, r.verb, r.resource
         );
-        assert!(r.status < 400 || r.status == 404 || r.status == 410, "{} {} -> {}", r.method, r.path, r.status);
+        assert!(
+            r.status < 400 || r.status == 404 || r.status == 410,
+            "{} {} -> {}",
+            r.method,
+            r.path,
+            r.status
+        );
         used.insert(format!("{} {}", r.verb, r.resource));
     }
     eprintln!("API calls made by the flanneld processes: {used:?}");
@@ -128,7 +141,10 @@ fn cluster_role_rules() -> Vec<(String, Vec<String>)> {
         );
         return vec![
             ("pods".into(), vec!["get".into()]),
-            ("nodes".into(), vec!["get".into(), "list".into(), "watch".into()]),
+            (
+                "nodes".into(),
+                vec!["get".into(), "list".into(), "watch".into()],
+            ),
             ("nodes/status".into(), vec!["patch".into()]),
         ];
     };
@@ -150,7 +166,9 @@ fn cluster_role_rules() -> Vec<(String, Vec<String>)> {
             .collect()
     };
     let mut verbs: Vec<String> = Vec::new();
-    let flush = |resources: &mut Vec<String>, verbs: &mut Vec<String>, rules: &mut Vec<(String, Vec<String>)>| {
+    let flush = |resources: &mut Vec<String>,
+                 verbs: &mut Vec<String>,
+                 rules: &mut Vec<(String, Vec<String>)>| {
         for r in resources.drain(..) {
             rules.push((r, verbs.clone()));
         }
@@ -158,7 +176,9 @@ fn cluster_role_rules() -> Vec<(String, Vec<String>)> {
     };
     for line in doc.lines() {
         let t = line.trim().trim_start_matches("- ").trim();
-        if line.trim_start().starts_with("- apiGroups") || line.trim_start().starts_with("- resources") {
+        if line.trim_start().starts_with("- apiGroups")
+            || line.trim_start().starts_with("- resources")
+        {
             flush(&mut resources, &mut verbs, &mut rules);
         }
         if let Some(rest) = t.strip_prefix("resources:") {
@@ -179,7 +199,11 @@ fn cluster_role_rules() -> Vec<(String, Vec<String>)> {
         }
     }
     flush(&mut resources, &mut verbs, &mut rules);
-    assert!(!rules.is_empty(), "{}: no rules in the ClusterRole", path.display());
+    assert!(
+        !rules.is_empty(),
+        "{}: no rules in the ClusterRole",
+        path.display()
+    );
     rules
 }
 
@@ -208,8 +232,12 @@ fn wait_routes(c: &Cluster, hosts: &[usize], dst: &str, present: bool) -> Durati
 
 fn pod_subnets(c: &mut Cluster, i: usize) -> (String, String) {
     let env = c.wait_env(i);
-    let s4 = env_value(&env, "FLANNEL_SUBNET").unwrap_or_else(|| panic!("{env}")).to_owned();
-    let s6 = env_value(&env, "FLANNEL_IPV6_SUBNET").unwrap_or_else(|| panic!("{env}")).to_owned();
+    let s4 = env_value(&env, "FLANNEL_SUBNET")
+        .unwrap_or_else(|| panic!("{env}"))
+        .to_owned();
+    let s6 = env_value(&env, "FLANNEL_IPV6_SUBNET")
+        .unwrap_or_else(|| panic!("{env}"))
+        .to_owned();
     (s4, s6)
 }
 
@@ -227,11 +255,11 @@ fn kube_vxlan_dual_stack_three_hosts() {
     let macs: Vec<(String, String)> = (0..3)
         .map(|i| (c.mac(i, "flannel.1"), c.mac(i, "flannel-v6.1")))
         .collect();
-    for i in 0..3 {
+    for (i, (mac4, mac6)) in macs.iter().enumerate() {
         let node = Cluster::node_name(i);
         let v6 = c.topo.host(i).ipv6.expect("host IPv6");
-        let bd = format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, macs[i].0);
-        let bd6 = format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, macs[i].1);
+        let bd = format!(r#"{{"VNI":1,"VtepMAC":"{mac4}"}}"#);
+        let bd6 = format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#);
         assert_eq!(
             flannel_annotations(c.kube_api(), &node),
             wanted(&[
@@ -292,16 +320,38 @@ fn kube_vxlan_dual_stack_three_hosts() {
     ));
     let logged = wait_until(CONVERGE, || {
         (0..3)
-            .all(|i| c.log(i).contains(r#"Error turning node "garbage" to lease"#))
+            .all(|i| {
+                c.log(i)
+                    .contains(r#"Error turning node "garbage" to lease"#)
+            })
             .then_some(())
             .ok_or_else(|| "not logged yet".to_string())
     });
-    assert!(logged.is_ok(), "the garbage node was not reported on every host");
+    assert!(
+        logged.is_ok(),
+        "the garbage node was not reported on every host"
+    );
     for i in 0..3 {
-        assert!(c.route_to(i, "10.244.66.0/24").is_none(), "host {}: garbage route", i + 1);
+        assert!(
+            c.route_to(i, "10.244.66.0/24").is_none(),
+            "host {}: garbage route",
+            i + 1
+        );
         for j in (0..3).filter(|&j| j != i) {
-            c.vxlan_peer_state(i, "flannel.1", &format!("10.244.{}.0", j + 1), &macs[j].0, &c.host_ip(j).to_string())
-                .unwrap_or_else(|e| panic!("host {}: peer h{} lost after the garbage node: {e}", i + 1, j + 1));
+            c.vxlan_peer_state(
+                i,
+                "flannel.1",
+                &format!("10.244.{}.0", j + 1),
+                &macs[j].0,
+                &c.host_ip(j).to_string(),
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "host {}: peer h{} lost after the garbage node: {e}",
+                    i + 1,
+                    j + 1
+                )
+            });
         }
     }
 
@@ -331,10 +381,17 @@ fn kube_vxlan_dual_stack_three_hosts() {
     c.kube_api().delete_node("extra");
     wait_routes(&c, &[0, 1, 2], "10.244.50.0/24", false);
     wait_routes(&c, &[0, 1, 2], "fd00:244:0:50::/64", false);
-    eprintln!("MEASURE vxlan: Node deleted -> its routes gone on all 3 hosts in {:?}", t.elapsed());
+    eprintln!(
+        "MEASURE vxlan: Node deleted -> its routes gone on all 3 hosts in {:?}",
+        t.elapsed()
+    );
     for i in 0..3 {
         let fdb = c.fdb(i, "flannel.1");
-        assert!(!fdb.contains("0a:58:0a:f4:32:01"), "host {}: FDB kept the deleted node: {fdb}", i + 1);
+        assert!(
+            !fdb.contains("0a:58:0a:f4:32:01"),
+            "host {}: FDB kept the deleted node: {fdb}",
+            i + 1
+        );
     }
 
     // flanneld restarts after its device was deleted: flannel.1 comes back
@@ -345,31 +402,50 @@ fn kube_vxlan_dual_stack_three_hosts() {
     let old = c.env_inode(0);
     c.start(0, &[]);
     c.wait_env_rewritten(0, old);
-    assert_eq!(c.mac(0, "flannel.1"), macs[0].0, "h1: VTEP MAC after a restart");
+    assert_eq!(
+        c.mac(0, "flannel.1"),
+        macs[0].0,
+        "h1: VTEP MAC after a restart"
+    );
     assert!(
-        !c.kube_api().requests()
+        !c.kube_api()
+            .requests()
             .iter()
             .any(|r| r.method == "PATCH" && r.body.contains("annotations")),
         "the restarted flanneld rewrote annotations that were already right"
     );
     for j in 1..3 {
         let res = wait_until(CONVERGE, || {
-            c.vxlan_peer_state(j, "flannel.1", "10.244.1.0", &macs[0].0, &c.host_ip(0).to_string())
+            c.vxlan_peer_state(
+                j,
+                "flannel.1",
+                "10.244.1.0",
+                &macs[0].0,
+                &c.host_ip(0).to_string(),
+            )
         });
         res.unwrap_or_else(|e| panic!("host {}: peer h1 after its restart: {e}", j + 1));
     }
     c.ping_all_pairs(false);
     assert_rbac(c.kube_api(), &cluster_role_rules());
-    eprintln!("kube_vxlan_dual_stack_three_hosts: total {:?}", t0.elapsed());
+    eprintln!(
+        "kube_vxlan_dual_stack_three_hosts: total {:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
 fn kube_hostgw_dual_stack_api_restart() {
     let t0 = Instant::now();
     let mut c = Cluster::new(FLANNELD, "khg", 3, true, Backing::Kube, HOSTGW_DUAL);
-    let health: Vec<SocketAddr> = (0..3).map(|i| SocketAddr::new(IpAddr::V4(c.host_ip(i)), 18081)).collect();
+    let health: Vec<SocketAddr> = (0..3)
+        .map(|i| SocketAddr::new(IpAddr::V4(c.host_ip(i)), 18081))
+        .collect();
     for i in 0..3 {
-        let flags = [format!("--healthz-ip={}", c.host_ip(i)), "--healthz-port=18081".to_string()];
+        let flags = [
+            format!("--healthz-ip={}", c.host_ip(i)),
+            "--healthz-port=18081".to_string(),
+        ];
         c.start(i, &[flags[0].as_str(), flags[1].as_str()]);
     }
     for i in 0..3 {
@@ -395,25 +471,42 @@ fn kube_hostgw_dual_stack_api_restart() {
         "annotations written by h1 (host-gw): {}",
         annotation_patch(c.kube_api(), "h1")
     );
-    for i in 0..3 {
+    for (i, addr) in health.iter().enumerate() {
         for j in (0..3).filter(|&j| j != i) {
             let want = format!("10.245.{}.0/24 via {} dev eth0", j + 1, c.host_ip(j));
             let res = wait_until(CONVERGE, || {
-                let r = c.route_to(i, &format!("10.245.{}.0/24", j + 1)).unwrap_or_default();
+                let r = c
+                    .route_to(i, &format!("10.245.{}.0/24", j + 1))
+                    .unwrap_or_default();
                 r.starts_with(&want).then_some(()).ok_or(r)
             });
-            res.unwrap_or_else(|e| panic!("host {}: route to h{}: {e:?} (want {want})", i + 1, j + 1));
+            res.unwrap_or_else(|e| {
+                panic!("host {}: route to h{}: {e:?} (want {want})", i + 1, j + 1)
+            });
             let v6 = c.topo.host(j).ipv6.expect("IPv6");
-            let r6 = c.route_to(i, &format!("fd00:245:0:{}::/64", j + 1)).unwrap_or_default();
-            assert!(r6.contains(&format!("via {v6} dev eth0")), "host {}: {r6}", i + 1);
+            let r6 = c
+                .route_to(i, &format!("fd00:245:0:{}::/64", j + 1))
+                .unwrap_or_default();
+            assert!(
+                r6.contains(&format!("via {v6} dev eth0")),
+                "host {}: {r6}",
+                i + 1
+            );
         }
         // Ready, with the kube side in the metrics.
-        let ready = wait_until(CONVERGE, || match http_get(c.host(i), health[i], "/readyz") {
-            Ok((200, body)) => Ok(body),
-            other => Err(format!("{other:?}")),
+        let ready = wait_until(CONVERGE, || {
+            match http_get(c.host(i), health[i], "/readyz") {
+                Ok((200, body)) => Ok(body),
+                other => Err(format!("{other:?}")),
+            }
         });
-        assert_eq!(ready.map(|r| r.0).as_deref(), Ok("flanneld is ready"), "host {}", i + 1);
-        let (code, metrics) = http_get(c.host(i), health[i], "/metrics").expect("metrics");
+        assert_eq!(
+            ready.map(|r| r.0).as_deref(),
+            Ok("flanneld is ready"),
+            "host {}",
+            i + 1
+        );
+        let (code, metrics) = http_get(c.host(i), *addr, "/metrics").expect("metrics");
         assert_eq!(code, 200);
         for (name, want) in [
             ("flannel_kube_annotations_written", 1.0),
@@ -422,7 +515,12 @@ fn kube_hostgw_dual_stack_api_restart() {
             ("flannel_kube_nodes", 3.0),
             ("flannel_kube_managed_nodes", 3.0),
         ] {
-            assert_eq!(metric_value(&metrics, name), Some(want), "host {}: {name}", i + 1);
+            assert_eq!(
+                metric_value(&metrics, name),
+                Some(want),
+                "host {}: {name}",
+                i + 1
+            );
         }
     }
     for i in 0..3 {
@@ -461,7 +559,10 @@ fn kube_hostgw_dual_stack_api_restart() {
     c.restart_kube_api();
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..3 {
-        for n in (1..=3u8).filter(|&n| usize::from(n) != i + 1).chain([60, 61, 62]) {
+        for n in (1..=3u8)
+            .filter(|&n| usize::from(n) != i + 1)
+            .chain([60, 61, 62])
+        {
             assert!(
                 c.route_to(i, &format!("10.245.{n}.0/24")).is_some(),
                 "host {}: route to 10.245.{n}.0/24 lost after the API server restart",
@@ -472,15 +573,25 @@ fn kube_hostgw_dual_stack_api_restart() {
     let t = Instant::now();
     add("extra-63", 63);
     wait_routes(&c, &[0, 1, 2], "10.245.63.0/24", true);
-    eprintln!("MEASURE host-gw: Node added after an API server restart -> routes in {:?}", t.elapsed());
+    eprintln!(
+        "MEASURE host-gw: Node added after an API server restart -> routes in {:?}",
+        t.elapsed()
+    );
     c.ping_all_pairs(false);
-    for i in 0..3 {
-        let ready = wait_until(CONVERGE, || match http_get(c.host(i), health[i], "/readyz") {
+    for (i, addr) in health.iter().enumerate() {
+        let ready = wait_until(CONVERGE, || match http_get(c.host(i), *addr, "/readyz") {
             Ok((200, _)) => Ok(()),
             other => Err(format!("{other:?}")),
         });
-        assert!(ready.is_ok(), "host {}: not ready after the API server restart: {ready:?}", i + 1);
+        assert!(
+            ready.is_ok(),
+            "host {}: not ready after the API server restart: {ready:?}",
+            i + 1
+        );
     }
     assert_rbac(c.kube_api(), &cluster_role_rules());
-    eprintln!("kube_hostgw_dual_stack_api_restart: total {:?}", t0.elapsed());
+    eprintln!(
+        "kube_hostgw_dual_stack_api_restart: total {:?}",
+        t0.elapsed()
+    );
 }

@@ -149,7 +149,7 @@ fn v6_text(attrs: &LeaseAttrs) -> String {
 /// address (and the same for IPv6 when we have a public IPv6 address). It
 /// then sets: `backend-type` (empty for udp, alloc and tencent-vpc);
 /// `backend-data` and `public-ip` (the overwrite when set) unless this is
-/// vxlan or wireguard without IPv4 data; `backend-v6-data` and
+/// vxlan without IPv4 data; `backend-v6-data` and
 /// `public-ipv6` for vxlan with IPv6 data, wireguard with IPv6 data and
 /// address, host-gw and extension with an IPv6 address; and
 /// `kube-subnet-manager: "true"`. Only values that differ from the node's
@@ -182,7 +182,9 @@ pub fn annotation_changes(
     }
     let mut next = current.clone();
     next.insert(names.backend_type.clone(), ty.to_string());
-    if (ty == "vxlan" && bd != "null") || (ty == "wireguard" && bd != "null") || ty != "vxlan" {
+    // Go: `(vxlan && bd != null) || (wireguard && bd != null) || type != vxlan`,
+    // which reduces to this: only an IPv4-less vxlan node skips the block.
+    if ty != "vxlan" || bd != "null" {
         next.insert(names.backend_data.clone(), bd.to_string());
         let overwrite = g(&names.public_ip_overwrite);
         if !overwrite.is_empty() {
