@@ -22,6 +22,11 @@ cd "$(dirname "$0")/.."
 # the daemons they started.
 PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server containernetworking-plugins
           iproute2 iputils-ping iptables nftables curl ca-certificates procps)
+# kubernetes-client: kubectl (1.20), a real client the fake Kubernetes API
+# server is checked against (flannel-testutil/tests/kube_fake.rs). Another
+# package's kubectl (e.g. Google Cloud SDK's, which owns /usr/bin/kubectl and
+# so conflicts with this package) is used as it is.
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 ensure_packages "${PACKAGES[@]}"
 
 step() { echo; echo "==> $*"; }

@@ -6,7 +6,8 @@
 //!
 //! * Discovery: `/api`, `/api/v1`, `/apis`, `/version` (enough for kubectl's
 //!   REST mapping); `/openapi/v2` and `/openapi/v3` answer 404, which
-//!   kubectl tolerates.
+//!   kubectl tolerates except for client-side validation (`kubectl replace`
+//!   and `create` need `--validate=false`).
 //! * Lists (`/api/v1/nodes`, `/api/v1/pods`, `/api/v1/namespaces/<ns>/pods`)
 //!   with `labelSelector`, `fieldSelector`, `limit`/`continue` paging and
 //!   `resourceVersion`/`resourceVersionMatch` (exact lists are served from
@@ -18,8 +19,10 @@
 //!   `k8s.io/initial-events-end` bookmark), periodic `BOOKMARK` events when
 //!   `allowWatchBookmarks=true`, `timeoutSeconds` honoured, and a
 //!   `410 Gone` `ERROR` event for a version older than the history kept
-//!   (see [`FakeApiServer::expire_history`]). Objects leaving or entering a
-//!   selector are sent as `DELETED` / `ADDED`, as the API server does.
+//!   (see [`FakeApiServer::expire_history`]; the history also forgets its
+//!   older half past [`HISTORY_LIMIT`] writes, like an etcd compaction).
+//!   Objects leaving or entering a selector are sent as `DELETED` /
+//!   `ADDED`, as the API server does; kubectl's watches get tables.
 //! * GET, PUT, PATCH (`application/strategic-merge-patch+json` with the
 //!   core/v1 merge keys such as `status.conditions` by `type`,
 //!   `application/merge-patch+json`, `application/json-patch+json`; other
@@ -41,7 +44,8 @@
 //! ClusterRole covers every call a client made.
 //!
 //! The server runs on its own tokio runtime (one worker thread), so it
-//! works from synchronous and asynchronous tests alike. Objects are kept as
+//! works from synchronous and asynchronous tests alike; it speaks HTTP/1.1
+//! only (ALPN `http/1.1`), which Go and Rust clients fall back to. Objects are kept as
 //! `serde_json::Value`, so tests can store content no typed client would
 //! produce.
 //!
@@ -74,6 +78,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Bound;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -98,6 +103,9 @@ pub const ANONYMOUS_USER: &str = "system:anonymous";
 pub const FORBIDDEN_USER: &str = "nobody";
 /// The Kubernetes version `/version` reports.
 pub const FAKE_KUBERNETES_VERSION: &str = "v1.33.0";
+/// How many writes the event history keeps before the older half is
+/// forgotten (watches from a forgotten version then get 410 Gone).
+pub const HISTORY_LIMIT: usize = 100_000;
 /// The largest request body accepted (as the API server, 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
@@ -172,6 +180,25 @@ pub struct Rule {
     pub verbs: Vec<String>,
 }
 
+/// The rules of the `flannel` ClusterRole in `dist/kube-flannel.yml` (as
+/// upstream's): resource → verbs. `flannel-testutil/tests/manifest.rs`
+/// checks the manifest grants exactly these, so a test that runs flanneld
+/// under [`flannel_rules`] ([`FakeApiServer::set_permissions`]) proves the
+/// manifest covers every call flanneld makes.
+pub const FLANNEL_RBAC: &[(&str, &[&str])] = &[
+    ("pods", &["get"]),
+    ("nodes", &["get", "list", "watch"]),
+    ("nodes/status", &["patch"]),
+];
+
+/// [`FLANNEL_RBAC`] as rules for [`FakeApiServer::set_permissions`].
+pub fn flannel_rules() -> Vec<Rule> {
+    FLANNEL_RBAC
+        .iter()
+        .map(|(resource, verbs)| Rule::new(&[resource], verbs))
+        .collect()
+}
+
 impl Rule {
     /// A rule granting `verbs` on `resources`.
     pub fn new(resources: &[&str], verbs: &[&str]) -> Rule {
@@ -221,6 +248,9 @@ struct Store {
     /// Watches and exact lists from a version below this get 410 Gone.
     floor: u64,
     objects: BTreeMap<Key, Value>,
+    /// Each object encoded as a list item (no type fields), so that a list
+    /// of thousands of Nodes costs a copy rather than a serialisation.
+    encoded: HashMap<Key, Bytes>,
     /// Every write since `floor`, oldest first.
     history: Vec<Event>,
     next_uid: u64,
@@ -234,7 +264,6 @@ impl Store {
     fn write(&mut self, key: Key, new: Option<Value>) -> Option<Value> {
         self.rv += 1;
         let rv = self.rv;
-        let old = self.objects.get(&key).cloned();
         let new = new.map(|mut object| {
             if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.insert("resourceVersion".to_owned(), json!(rv.to_string()));
@@ -251,20 +280,28 @@ impl Store {
             }
             object
         });
-        match &new {
+        let old = match &new {
             Some(object) => {
-                self.objects.insert(key.clone(), object.clone());
+                self.encoded.insert(key.clone(), list_item(object));
+                self.objects.insert(key.clone(), object.clone())
             }
             None => {
-                self.objects.remove(&key);
+                self.encoded.remove(&key);
+                self.objects.remove(&key)
             }
-        }
+        };
         self.history.push(Event {
             rv,
             key,
             old,
             new: new.clone(),
         });
+        if self.history.len() > HISTORY_LIMIT {
+            // Compact like etcd: forget the older half; versions up to the
+            // last forgotten one can no longer be watched from.
+            self.floor = self.history[HISTORY_LIMIT / 2 - 1].rv;
+            self.history.drain(..HISTORY_LIMIT / 2);
+        }
         new
     }
 
@@ -296,7 +333,7 @@ struct Shared {
     opts: FakeOptions,
     /// DER of every client certificate issued → its user.
     cert_users: Mutex<HashMap<Vec<u8>, String>>,
-    /// The serving connections, aborted by a restart.
+    /// The serving connections and watches, aborted by a restart.
     conns: Mutex<Vec<AbortHandle>>,
     url: String,
 }
@@ -310,11 +347,11 @@ impl Shared {
         lock(&self.store)
     }
 
-    fn write(&self, key: Key, new: Option<Value>) -> Option<Value> {
-        let mut store = self.store();
-        let stored = store.write(key, new);
-        self.changed.send_replace(store.rv);
-        stored
+    /// Remembers a connection or watch task for [`FakeApiServer::restart`].
+    fn track(&self, task: AbortHandle) {
+        let mut conns = lock(&self.conns);
+        conns.retain(|c| !c.is_finished());
+        conns.push(task);
     }
 }
 
@@ -533,9 +570,9 @@ impl FakeApiServer {
         }
         // A replaced object keeps its identity, as an update would.
         let key = (kind, namespace, name);
-        let old = self.shared.store().objects.get(&key).cloned();
+        let mut store = self.shared.store();
         if let (Some(old), Some(meta)) = (
-            old,
+            store.objects.get(&key),
             object.get_mut("metadata").and_then(Value::as_object_mut),
         ) {
             for field in ["uid", "creationTimestamp"] {
@@ -547,7 +584,8 @@ impl FakeApiServer {
                 }
             }
         }
-        self.shared.write(key, Some(object));
+        store.write(key, Some(object));
+        self.shared.changed.send_replace(store.rv);
     }
 
     /// Creates or replaces a Node built by [`node_json`] with these pod
@@ -637,20 +675,26 @@ impl FakeApiServer {
     /// # Panics
     /// When the port cannot be bound again within 5 s.
     pub fn restart(&self) {
-        if let Some(task) = lock(&self.accept_task).take() {
+        let mut tasks: Vec<AbortHandle> = lock(&self.shared.conns).drain(..).collect();
+        tasks.extend(lock(&self.accept_task).take());
+        for task in &tasks {
             task.abort();
         }
-        for conn in lock(&self.shared.conns).drain(..) {
-            conn.abort();
-        }
-        // The aborted accept task closes the old socket on the runtime's
-        // thread; bind again once it has.
+        // Abortion happens on the runtime's thread; wait until every task
+        // is gone (sockets closed, no watch sends another event) so the
+        // restart is complete when this returns.
         let deadline = Instant::now() + Duration::from_secs(5);
+        while tasks.iter().any(|t| !t.is_finished()) {
+            assert!(
+                Instant::now() < deadline,
+                "the fake API server's connections did not close within 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let listener = loop {
             match std::net::TcpListener::bind(self.addr) {
                 Ok(listener) => break listener,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => panic!(
@@ -888,9 +932,7 @@ async fn accept_loop(
             }
         };
         let task = tokio::spawn(serve_connection(shared.clone(), stream, tls.clone()));
-        let mut conns = lock(&shared.conns);
-        conns.retain(|c| !c.is_finished());
-        conns.push(task.abort_handle());
+        shared.track(task.abort_handle());
     }
 }
 
@@ -960,10 +1002,14 @@ impl hyper::body::Body for ChannelBody {
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
+    bytes_response(code, Bytes::from(body))
+}
+
+fn bytes_response(code: StatusCode, body: Bytes) -> Response<Body> {
     Response::builder()
         .status(code)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)).boxed())
+        .body(Full::new(body).boxed())
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
@@ -1296,12 +1342,14 @@ fn authorized(store: &Store, user: &str, verb: &str, resource: &str) -> bool {
 }
 
 fn forbidden(user: &str, verb: &str, resource: &str, route: &Route) -> Failure {
-    let (plural, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    // The subject names the resource without its subresource, as the API
+    // server's message does: `nodes "n1" is forbidden: … "nodes/status" …`.
+    let plural = resource.split_once('/').map_or(resource, |(p, _)| p);
     let (subject, scope, name) = match route {
         Route::Object {
             namespace, name, ..
         } => (
-            format!("{resource} \"{name}\""),
+            format!("{plural} \"{name}\""),
             if namespace.is_empty() {
                 "at the cluster scope".to_owned()
             } else {
@@ -1327,7 +1375,6 @@ fn forbidden(user: &str, verb: &str, resource: &str, route: &Route) -> Failure {
     if !name.is_empty() {
         details["name"] = json!(name);
     }
-    let _ = sub;
     Failure {
         code: 403,
         reason: "Forbidden",
@@ -1367,13 +1414,18 @@ fn dispatch(
             "the server could not find the requested resource",
         )),
         Route::Collection { kind, namespace } => match *method {
-            Method::GET if query.flag("watch") => watch(shared, *kind, namespace.clone(), query),
+            Method::GET if query.flag("watch") => {
+                watch(shared, *kind, namespace.clone(), query, accept)
+            }
             Method::GET => {
-                let list = list(&shared.store(), *kind, namespace.as_deref(), query)?;
+                let page = list(&shared.store(), *kind, namespace.as_deref(), query)?;
                 if accept.contains("as=Table") {
-                    Ok(json_response(StatusCode::OK, &table(*kind, &list)))
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &table(*kind, &page.to_value()),
+                    ))
                 } else {
-                    Ok(json_response(StatusCode::OK, &list))
+                    Ok(bytes_response(StatusCode::OK, page.body()))
                 }
             }
             Method::POST => create(shared, *kind, namespace.as_deref(), body),
@@ -1573,7 +1625,7 @@ fn list(
     kind: Kind,
     namespace: Option<&str>,
     query: &Query,
-) -> Result<Value, Failure> {
+) -> Result<ListPage, Failure> {
     let selectors = Selectors::parse(kind, namespace.map(str::to_owned), query)?;
     let mut start_after: Option<Key> = None;
     let snapshot_rv = if let Some(token) = query.get("continue").filter(|t| !t.is_empty()) {
@@ -1636,51 +1688,98 @@ fn list(
             }
         }
     };
-    let snapshot = if snapshot_rv == store.rv {
-        store
-            .objects
-            .iter()
-            .filter(|(k, _)| k.0 == kind)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    } else {
-        store.snapshot(kind, snapshot_rv)
-    };
-    let mut items: Vec<(Key, Value)> = snapshot
-        .into_iter()
-        .filter(|(k, _)| start_after.as_ref().is_none_or(|after| k > after))
-        .filter(|(k, v)| selectors.matches(k, v))
-        .collect();
     let limit = query
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(0);
-    let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
-    if limit > 0 && items.len() > limit {
-        let remaining = items.len() - limit;
-        items.truncate(limit);
-        if let Some((last, _)) = items.last() {
-            metadata["continue"] = json!(encode_continue(snapshot_rv, last));
+    let lower = match &start_after {
+        Some(after) => Bound::Excluded(after.clone()),
+        None => Bound::Included((kind, String::new(), String::new())),
+    };
+    // Served from the live objects (and their cached encodings) when the
+    // list is of the current version, else from a reconstructed snapshot.
+    let snapshot;
+    let objects = if snapshot_rv == store.rv {
+        &store.objects
+    } else {
+        snapshot = store.snapshot(kind, snapshot_rv);
+        &snapshot
+    };
+    let mut matching = objects
+        .range((lower, Bound::Unbounded))
+        .take_while(|(k, _)| k.0 == kind)
+        .filter(|(k, v)| selectors.matches(k, v));
+    let mut items = Vec::new();
+    let mut last = None;
+    for (key, object) in matching.by_ref() {
+        let encoded = match store.encoded.get(key) {
+            Some(bytes) if snapshot_rv == store.rv => bytes.clone(),
+            _ => list_item(object),
+        };
+        items.push(encoded);
+        last = Some(key);
+        if items.len() == limit {
+            break;
         }
+    }
+    let remaining = matching.count();
+    let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
+    if let (true, Some(last)) = (remaining > 0, last) {
+        metadata["continue"] = json!(encode_continue(snapshot_rv, last));
         metadata["remainingItemCount"] = json!(remaining);
     }
-    let items: Vec<Value> = items
-        .into_iter()
-        .map(|(_, mut v)| {
-            // List items carry no type fields, as the API server's.
-            if let Some(map) = v.as_object_mut() {
-                map.remove("kind");
-                map.remove("apiVersion");
+    Ok(ListPage {
+        kind,
+        metadata,
+        items,
+    })
+}
+
+/// An object encoded as a list item: without `kind` and `apiVersion`, as
+/// the API server's list items are.
+fn list_item(object: &Value) -> Bytes {
+    let encoded = match object.as_object() {
+        Some(map) if map.contains_key("kind") || map.contains_key("apiVersion") => {
+            let mut map = map.clone();
+            map.remove("kind");
+            map.remove("apiVersion");
+            serde_json::to_vec(&map)
+        }
+        _ => serde_json::to_vec(object),
+    };
+    Bytes::from(encoded.unwrap_or_default())
+}
+
+/// One page of a list.
+struct ListPage {
+    kind: Kind,
+    metadata: Value,
+    /// The items, each encoded by [`list_item`].
+    items: Vec<Bytes>,
+}
+
+impl ListPage {
+    /// The `<Kind>List` JSON, assembled from the encoded items.
+    fn body(&self) -> Bytes {
+        let mut out = format!(
+            r#"{{"kind":"{}List","apiVersion":"v1","metadata":{},"items":["#,
+            self.kind.name(),
+            self.metadata
+        )
+        .into_bytes();
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
-            v
-        })
-        .collect();
-    Ok(json!({
-        "kind": format!("{}List", kind.name()),
-        "apiVersion": "v1",
-        "metadata": metadata,
-        "items": items
-    }))
+            out.extend_from_slice(item);
+        }
+        out.extend_from_slice(b"]}\n");
+        Bytes::from(out)
+    }
+
+    fn to_value(&self) -> Value {
+        serde_json::from_slice(&self.body()).unwrap_or(Value::Null)
+    }
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC timestamp as [`rfc3339`]
@@ -1960,35 +2059,62 @@ fn expired_line(rv: u64, floor: u64) -> Bytes {
     )
 }
 
+/// What a watch request asked for.
+struct WatchRequest {
+    kind: Kind,
+    selectors: Selectors,
+    /// `resourceVersion`: `None` when unset.
+    rv: Option<u64>,
+    /// `sendInitialEvents=true`.
+    send_initial: bool,
+    /// `allowWatchBookmarks=true`.
+    bookmarks: bool,
+    /// `timeoutSeconds`.
+    timeout: Option<Duration>,
+    /// kubectl's `Accept: …;as=Table`: objects are sent as one-row tables.
+    table: bool,
+}
+
+impl WatchRequest {
+    fn line(&self, event: &str, object: &Value) -> Bytes {
+        if self.table {
+            let list = json!({
+                "metadata": {"resourceVersion": object.pointer("/metadata/resourceVersion")},
+                "items": [object]
+            });
+            event_line(event, &table(self.kind, &list))
+        } else {
+            event_line(event, object)
+        }
+    }
+}
+
 fn watch(
     shared: &Arc<Shared>,
     kind: Kind,
     namespace: Option<String>,
     query: &Query,
+    accept: &str,
 ) -> Result<Response<Body>, Failure> {
-    let selectors = Selectors::parse(kind, namespace, query)?;
-    let rv = match query.get("resourceVersion").filter(|v| !v.is_empty()) {
-        Some(text) => Some(parse_rv(text)?),
-        None => None,
-    };
-    let send_initial = query.flag("sendInitialEvents");
-    let bookmarks = query.flag("allowWatchBookmarks");
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .filter(|t| *t > 0)
-        .map(Duration::from_secs);
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(run_watch(
-        shared.clone(),
+    let request = WatchRequest {
         kind,
-        selectors,
-        rv,
-        send_initial,
-        bookmarks,
-        timeout,
-        tx,
-    ));
+        selectors: Selectors::parse(kind, namespace, query)?,
+        rv: match query.get("resourceVersion").filter(|v| !v.is_empty()) {
+            Some(text) => Some(parse_rv(text)?),
+            None => None,
+        },
+        send_initial: query.flag("sendInitialEvents"),
+        bookmarks: query.flag("allowWatchBookmarks"),
+        timeout: query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .filter(|t| *t > 0)
+            .map(Duration::from_secs),
+        table: accept.contains("as=Table"),
+    };
+    let (tx, rx) = mpsc::channel(256);
+    let task = tokio::spawn(run_watch(shared.clone(), request, tx));
+    shared.track(task.abort_handle());
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "application/json")
@@ -1996,17 +2122,16 @@ fn watch(
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_watch(
-    shared: Arc<Shared>,
-    kind: Kind,
-    selectors: Selectors,
-    rv: Option<u64>,
-    send_initial: bool,
-    bookmarks: bool,
-    timeout: Option<Duration>,
-    tx: mpsc::Sender<Bytes>,
-) {
+async fn run_watch(shared: Arc<Shared>, request: WatchRequest, tx: mpsc::Sender<Bytes>) {
+    let WatchRequest {
+        kind,
+        ref selectors,
+        rv,
+        send_initial,
+        bookmarks,
+        timeout,
+        ..
+    } = request;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut changed = shared.changed.subscribe();
     let (mut lines, mut cur, mut done) = (Vec::new(), 0, false);
@@ -2021,7 +2146,7 @@ async fn run_watch(
             _ => {
                 for (key, object) in store.objects.iter().filter(|(k, _)| k.0 == kind) {
                     if selectors.matches(key, object) {
-                        lines.push(event_line("ADDED", object));
+                        lines.push(request.line("ADDED", object));
                     }
                 }
                 cur = store.rv;
@@ -2049,11 +2174,9 @@ async fn run_watch(
                 done = true;
                 continue;
             }
-            for event in store
-                .history
-                .iter()
-                .filter(|e| e.rv > cur && e.key.0 == kind)
-            {
+            // The history is ordered by version: skip what was sent.
+            let start = store.history.partition_point(|e| e.rv <= cur);
+            for event in store.history[start..].iter().filter(|e| e.key.0 == kind) {
                 let was = event
                     .old
                     .as_ref()
@@ -2063,13 +2186,13 @@ async fn run_watch(
                     .as_ref()
                     .filter(|n| selectors.matches(&event.key, n));
                 match (was, is, &event.new) {
-                    (None, Some(new), _) => lines.push(event_line("ADDED", new)),
-                    (Some(_), Some(new), _) => lines.push(event_line("MODIFIED", new)),
-                    (Some(_), None, Some(new)) => lines.push(event_line("DELETED", new)),
+                    (None, Some(new), _) => lines.push(request.line("ADDED", new)),
+                    (Some(_), Some(new), _) => lines.push(request.line("MODIFIED", new)),
+                    (Some(_), None, Some(new)) => lines.push(request.line("DELETED", new)),
                     (Some(old), None, None) => {
                         let mut old = old.clone();
                         old["metadata"]["resourceVersion"] = json!(event.rv.to_string());
-                        lines.push(event_line("DELETED", &old));
+                        lines.push(request.line("DELETED", &old));
                     }
                     (None, None, _) => {}
                 }
@@ -2100,6 +2223,13 @@ async fn run_watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_handle_is_shareable() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<FakeApiServer>();
+        shareable::<RequestRecord>();
+    }
 
     #[test]
     fn rfc3339_formats_utc() {
