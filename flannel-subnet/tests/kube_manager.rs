@@ -13,7 +13,9 @@ use flannel_core::gojson::RawJson;
 use flannel_core::lease::LeaseAttrs;
 use flannel_core::manager::{AcquireRequest, LeaseStream, SubnetManager};
 use flannel_subnet::kube::{KubeOptions, KubeSubnetManager};
-use flannel_testutil::kube::{FakeApiServer, FakeOptions, RequestRecord, Rule, TOKEN_USER};
+use flannel_testutil::kube::{
+    FakeApiServer, FakeOptions, RequestRecord, TOKEN_USER, flannel_rules,
+};
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -563,16 +565,6 @@ async fn alloc_runs_without_the_node_informer() {
         && r.query.contains("resourceVersion=0")));
 }
 
-/// kube-flannel's ClusterRole (Documentation/kube-flannel.yml): pods get;
-/// nodes get, list, watch; nodes/status patch.
-fn cluster_role() -> Vec<Rule> {
-    vec![
-        Rule::new(&["pods"], &["get"]),
-        Rule::new(&["nodes"], &["get", "list", "watch"]),
-        Rule::new(&["nodes/status"], &["patch"]),
-    ]
-}
-
 #[tokio::test]
 async fn every_call_is_allowed_by_the_cluster_role() {
     let s = Setup::new(FakeOptions {
@@ -580,7 +572,8 @@ async fn every_call_is_allowed_by_the_cluster_role() {
         ..FakeOptions::default()
     });
     let user = "system:serviceaccount:kube-flannel:flannel";
-    s.api.set_permissions(user, cluster_role());
+    // kube-flannel's ClusterRole (dist/kube-flannel.yml), enforced.
+    s.api.set_permissions(user, flannel_rules());
     s.api.add_node_with_pod_cidrs("n1", &["10.244.1.0/24"], &[]);
     s.api.add_pod("kube-flannel", "ds-1", "n1");
     peer(&s.api, "p2", "10.244.2.0/24", "192.168.50.2");

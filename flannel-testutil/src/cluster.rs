@@ -435,7 +435,8 @@ pub enum Backing {
     /// The embedded local store in `<tmp>/store`, shared by all hosts.
     Local,
     /// The fake Kubernetes API server in the switch namespace on
-    /// [`ETCD_IP`] (TLS, bearer token), one Node per host named by
+    /// [`ETCD_IP`] (TLS, bearer token, kube-flannel's ClusterRole enforced
+    /// on flanneld's user), one Node per host named by
     /// [`Cluster::node_name`] with the podCIDRs of [`kube_pod_cidrs`]; each
     /// flanneld runs with `--kube-subnet-mgr`, a kubeconfig, `NODE_NAME` and
     /// the config in `<tmp>/net-conf.json`. One network only.
@@ -1427,7 +1428,7 @@ pub fn kube_pod_cidrs(config: &str, i: usize) -> Vec<String> {
 /// one Node per host and the kubeconfig in `dir`.
 #[cfg(feature = "kube")]
 fn start_fake_api(topo: &Topology, dir: &TempDir, config: &str) -> crate::kube::FakeApiServer {
-    use crate::kube::{FakeApiServer, FakeOptions, TOKEN_USER, node_json};
+    use crate::kube::{FakeApiServer, FakeOptions, TOKEN_USER, flannel_rules, node_json};
     let opts = FakeOptions {
         token: Some(KUBE_TOKEN.to_owned()),
         ..FakeOptions::default()
@@ -1437,6 +1438,9 @@ fn start_fake_api(topo: &Topology, dir: &TempDir, config: &str) -> crate::kube::
         .switch
         .run(|| FakeApiServer::start_on(addr, opts))
         .unwrap_or_else(|e| panic!("starting the fake API server on {ETCD_IP}: {e}"));
+    // flanneld gets exactly kube-flannel's ClusterRole: a call it does not
+    // grant fails (403) as it would in a real cluster.
+    api.set_permissions(TOKEN_USER, flannel_rules());
     for (i, host) in topo.hosts.iter().enumerate() {
         let cidrs = kube_pod_cidrs(config, i);
         let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();

@@ -12,8 +12,8 @@
 //! losing no peer, a flanneld restart keeping the VTEP MAC (from the
 //! backend-data annotation after the device is gone), `/readyz` and the kube
 //! metrics, and every API request allowed by the ClusterRole of
-//! `dist/kube-flannel.yml` when that manifest is present (else by
-//! upstream's rules).
+//! `dist/kube-flannel.yml` (the fake API server enforces it on flanneld's
+//! user, and the recorded requests are checked against it).
 //!
 //! Prints (does not assert) the time from a Node added to its routes on the
 //! other hosts, and the annotations a node wrote.
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use flannel_testutil::cluster::{
     Backing, CONVERGE, Cluster, env_value, http_get, metric_value, wait_until,
 };
-use flannel_testutil::kube::{FakeApiServer, node_json};
+use flannel_testutil::kube::{FLANNEL_RBAC, FakeApiServer, node_json};
 use serde_json::Value;
 
 const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
@@ -128,83 +128,19 @@ fn assert_rbac(api: &FakeApiServer, rules: &[(String, Vec<String>)]) {
     eprintln!("API calls made by the flanneld processes: {used:?}");
 }
 
-/// The ClusterRole rules of `dist/kube-flannel.yml` (resource → verbs),
-/// read without a YAML library: the `rules:` list of the ClusterRole
-/// document. Falls back to upstream's rules (Documentation/kube-flannel.yml)
-/// when the manifest is not in this tree, saying so.
+/// The `flannel` ClusterRole of `dist/kube-flannel.yml` (resource → verbs;
+/// `flannel-testutil/tests/manifest.rs` checks the manifest grants exactly
+/// these). The cluster's API server also enforces them on flanneld's user.
 fn cluster_role_rules() -> Vec<(String, Vec<String>)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/kube-flannel.yml");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!(
-            "note: {} not found; checking against upstream kube-flannel's ClusterRole",
-            path.display()
-        );
-        return vec![
-            ("pods".into(), vec!["get".into()]),
+    FLANNEL_RBAC
+        .iter()
+        .map(|(res, verbs)| {
             (
-                "nodes".into(),
-                vec!["get".into(), "list".into(), "watch".into()],
-            ),
-            ("nodes/status".into(), vec!["patch".into()]),
-        ];
-    };
-    let doc = text
-        .split("\n---")
-        .find(|d| d.contains("kind: ClusterRole\n") || d.contains("kind: ClusterRole\r\n"))
-        .unwrap_or_else(|| panic!("{}: no ClusterRole document", path.display()));
-    // Each rule: `resources:` and `verbs:` lists, block or flow style.
-    let mut rules = Vec::new();
-    let mut resources: Vec<String> = Vec::new();
-    let mut key = "";
-    let list = |s: &str| -> Vec<String> {
-        s.trim()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .split(',')
-            .map(|w| w.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
-            .filter(|w| !w.is_empty())
-            .collect()
-    };
-    let mut verbs: Vec<String> = Vec::new();
-    let flush = |resources: &mut Vec<String>,
-                 verbs: &mut Vec<String>,
-                 rules: &mut Vec<(String, Vec<String>)>| {
-        for r in resources.drain(..) {
-            rules.push((r, verbs.clone()));
-        }
-        verbs.clear();
-    };
-    for line in doc.lines() {
-        let t = line.trim().trim_start_matches("- ").trim();
-        if line.trim_start().starts_with("- apiGroups")
-            || line.trim_start().starts_with("- resources")
-        {
-            flush(&mut resources, &mut verbs, &mut rules);
-        }
-        if let Some(rest) = t.strip_prefix("resources:") {
-            key = "resources";
-            resources.extend(list(rest));
-        } else if let Some(rest) = t.strip_prefix("verbs:") {
-            key = "verbs";
-            verbs.extend(list(rest));
-        } else if let Some(rest) = t.strip_prefix("apiGroups:") {
-            key = "apiGroups";
-            let _ = rest;
-        } else if line.trim_start().starts_with("- ") && !t.contains(':') {
-            match key {
-                "resources" => resources.push(list(t).join("")),
-                "verbs" => verbs.push(list(t).join("")),
-                _ => {}
-            }
-        }
-    }
-    flush(&mut resources, &mut verbs, &mut rules);
-    assert!(
-        !rules.is_empty(),
-        "{}: no rules in the ClusterRole",
-        path.display()
-    );
-    rules
+                (*res).to_owned(),
+                verbs.iter().map(|v| (*v).to_owned()).collect(),
+            )
+        })
+        .collect()
 }
 
 /// Waits until every host in `hosts` has (`present`) or lacks a route to
