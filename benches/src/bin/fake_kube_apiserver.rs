@@ -30,7 +30,10 @@ fn main() -> Result<(), String> {
     let mut ips: BTreeMap<String, String> = BTreeMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
             "--listen" => {
                 let v = value()?;
@@ -43,7 +46,10 @@ fn main() -> Result<(), String> {
                 let (name, cidrs) = v
                     .split_once('=')
                     .ok_or_else(|| format!("--node {v}: expected NAME=CIDR[,CIDR]"))?;
-                nodes.push((name.to_owned(), cidrs.split(',').map(str::to_owned).collect()));
+                nodes.push((
+                    name.to_owned(),
+                    cidrs.split(',').map(str::to_owned).collect(),
+                ));
             }
             "--internal-ip" => {
                 let v = value()?;
@@ -72,7 +78,12 @@ fn main() -> Result<(), String> {
     api.set_permissions(TOKEN_USER, flannel_rules());
     for (name, cidrs) in &nodes {
         let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
-        api.apply_node(node_json(name, &cidrs, &[], ips.get(name).map(String::as_str)));
+        api.apply_node(node_json(
+            name,
+            &cidrs,
+            &[],
+            ips.get(name).map(String::as_str),
+        ));
     }
     api.write_kubeconfig(&kubeconfig, TOKEN_USER)
         .map_err(|e| format!("writing {}: {e}", kubeconfig.display()))?;

@@ -39,6 +39,10 @@ use tracing::{debug, info, warn};
 /// telling, and a quiet cluster has no event to prove it.
 pub const QUIET_AFTER_ERROR: Duration = Duration::from_secs(1);
 
+/// How many times the stream yields to the runtime, with nothing ready, before
+/// it delivers the events it has collected.
+const BATCH_YIELDS: u32 = 3;
+
 /// The raw watcher stream.
 pub type NodeEvents = BoxStream<'static, Result<Event<Node>, WatchError>>;
 
@@ -340,16 +344,28 @@ impl Stream {
             self.delay = self.backoff.min;
             let mut events = Vec::new();
             let mut more = self.feed(event, &mut events);
-            // Deliver what is ready together, up to EVENT_QUEUE_DEPTH.
+            // Deliver what is ready together, up to EVENT_QUEUE_DEPTH: a burst
+            // of Nodes (a cluster scaling up) then costs the backend one batch,
+            // not one per Node. A few yields let the connection task read what
+            // the socket already holds; a lone event is delayed by microseconds.
+            let mut misses = 0;
             while more && !events.is_empty() && events.len() < self.depth {
                 match self.source.next().now_or_never() {
-                    Some(Some(Ok(ev))) => more = self.feed(ev, &mut events),
+                    Some(Some(Ok(ev))) => {
+                        misses = 0;
+                        more = self.feed(ev, &mut events);
+                    }
                     Some(Some(Err(e))) => {
                         let err = self.error(e);
                         self.out.push_back(Err(err));
                         break;
                     }
-                    _ => break,
+                    Some(None) => break,
+                    None if misses < BATCH_YIELDS => {
+                        misses += 1;
+                        tokio::task::yield_now().await;
+                    }
+                    None => break,
                 }
             }
             if !events.is_empty() {
