@@ -14,6 +14,9 @@
 #               vs raw etcd watch delivery (benches/src/bin/converge.rs)
 #   footprint   flanneld RSS with 5,000 leases vs 0; start -> subnet.env
 #               vs ip link add + ip addr add (benches/src/bin/footprint.rs)
+#   kube_footprint  Kubernetes mode on the fake API server: RSS watching 5,000
+#               more Nodes vs none; Node written -> route on both hosts vs a
+#               bare kube-rs watch (benches/src/bin/kube_footprint.rs)
 #   datapath    pod-to-pod iperf3 vs hand-made kernel setup with the same
 #               iptables rules (scripts/bench-datapath.sh, BENCH_DATAPATH_SECS
 #               per run, default 5)
@@ -75,6 +78,7 @@ bench acquire "$BIN/acquire"
 bench program "$BIN/program"
 bench converge "$BIN/converge"
 bench footprint "$BIN/footprint"
+bench kube_footprint "$BIN/kube_footprint"
 
 say "datapath"
 rm -f "$ROOT/target/bench-datapath.jsonl"

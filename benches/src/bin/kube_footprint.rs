@@ -17,11 +17,13 @@
 //! lines.
 
 use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, in_ns, median_ms};
+use flannel_netlink::{Family, Netlink};
 use flannel_testutil::cluster::{Backing, Cluster};
 use flannel_testutil::kube::node_json;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, WatchEvent, WatchParams};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#;
@@ -84,24 +86,51 @@ fn rss(c: &mut Cluster) -> Res<f64> {
     Ok(mem.rss_mib)
 }
 
+/// When a route to `dst/24` shows up in `ns` (netlink dumps every 0.5 ms).
+fn route_seen(ns: &flannel_testutil::netns::NetNs, dst: Ipv4Addr) -> Res<Instant> {
+    in_ns(ns, async move || {
+        let (nl, conn) = Netlink::connect().map_err(err)?;
+        tokio::spawn(conn);
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            let routes = nl.routes(Family::V4).await.map_err(err)?;
+            if routes
+                .iter()
+                .any(|r| r.dst == IpAddr::V4(dst) && r.prefix == 24)
+            {
+                return Ok(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        Err(format!("no route to {dst}/24 after {TIMEOUT:?}"))
+    })
+}
+
 /// Node written → route on both hosts, for `ADDS` Nodes one at a time.
 fn converge(c: &Cluster) -> Res<Vec<Duration>> {
     let mut out = Vec::new();
     for k in 0..ADDS {
+        let i = 9000 + k;
         let name = format!("conv-{k}");
-        let dst = format!("10.{}.{}.0/24", 100 + (9000 + k) / 256, (9000 + k) % 256);
-        let t = Instant::now();
-        c.kube_api().apply_node(load_node(&name, 9000 + k));
-        loop {
-            if (0..2).all(|i| c.route_to(i, &dst).is_some()) {
-                break;
+        let dst = Ipv4Addr::new(10, (100 + i / 256) as u8, (i % 256) as u8, 0);
+        let took = std::thread::scope(|s| -> Res<Duration> {
+            let watchers: Vec<_> = (0..2)
+                .map(|h| s.spawn(move || route_seen(c.host(h), dst)))
+                .collect();
+            // The watchers have connected and dumped once by then.
+            std::thread::sleep(Duration::from_millis(50));
+            let t = Instant::now();
+            c.kube_api().apply_node(load_node(&name, i));
+            let mut last = t;
+            for w in watchers {
+                let seen = w
+                    .join()
+                    .map_err(|_| "a route watcher panicked".to_string())??;
+                last = last.max(seen);
             }
-            if t.elapsed() > TIMEOUT {
-                return Err(format!("no route to {dst} after {TIMEOUT:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        out.push(t.elapsed());
+            Ok(last - t)
+        })?;
+        out.push(took);
         c.kube_api().delete_node(&name);
     }
     Ok(out)
