@@ -108,3 +108,72 @@ impl DatastoreView for KubeView {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Health;
+
+    #[test]
+    fn readiness_waits_for_the_annotations_then_the_condition() {
+        let status = Arc::new(KubeStatus::default());
+        let view = KubeView(status.clone());
+        assert_eq!(
+            view.readiness().unwrap_err(),
+            "the node's flannel annotations are not written yet"
+        );
+        status.annotations_patched.store(true, Ordering::Relaxed);
+        assert_eq!(
+            view.readiness().unwrap_err(),
+            "the node's NetworkUnavailable condition is not cleared yet"
+        );
+        status.condition_set.store(true, Ordering::Relaxed);
+        assert_eq!(view.readiness(), Ok(()));
+        status.nodes.store(5000, Ordering::Relaxed);
+        let health = Health::new();
+        health.set_datastore(Arc::new(view));
+        let m = crate::metrics::render(&health);
+        assert!(
+            m.contains("# TYPE flannel_kube_nodes gauge\nflannel_kube_nodes 5000\n"),
+            "{m}"
+        );
+        assert!(m.contains("flannel_kube_annotations_written 1\n"), "{m}");
+        assert!(m.contains("flannel_kube_watch_in_sync 0\n"), "{m}");
+    }
+
+    #[test]
+    fn options_from_flags_and_environment() {
+        let opts = Options {
+            kube_api_url: "https://10.0.0.1:6443".into(),
+            kubeconfig_file: "/etc/kubeconfig".into(),
+            kube_annotation_prefix: "example.com/x".into(),
+            set_node_network_unavailable: false,
+            ..Options::default()
+        };
+        let o = options(&opts, |n| match n {
+            "NODE_NAME" => Some("n1".into()),
+            "EVENT_QUEUE_DEPTH" => Some("10".into()),
+            "CONT_WHEN_CACHE_NOT_READY" => Some("true".into()),
+            _ => None,
+        });
+        assert_eq!(o.api_url.as_deref(), Some("https://10.0.0.1:6443"));
+        assert_eq!(
+            o.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/etc/kubeconfig"))
+        );
+        assert_eq!(o.annotation_prefix, "example.com/x");
+        assert!(!o.set_node_network_unavailable);
+        assert_eq!(o.node_name.as_deref(), Some("n1"));
+        assert_eq!(o.event_queue_depth.as_deref(), Some("10"));
+        assert!(o.cont_when_cache_not_ready);
+        let empty = options(&Options::default(), |_| None);
+        assert_eq!(
+            (empty.api_url, empty.kubeconfig, empty.node_name),
+            (None, None, None)
+        );
+        assert_eq!(
+            empty.net_config_path,
+            std::path::Path::new("/etc/kube-flannel/net-conf.json")
+        );
+    }
+}
