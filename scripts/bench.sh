@@ -17,6 +17,9 @@
 #   udp-resync  the udp datapath's longest ping gap while 5,000 leases are
 #               added, resynced and deleted vs the same quiet
 #               (benches/src/bin/udp_resync.rs)
+#   kube_footprint  Kubernetes mode on the fake API server: RSS watching 5,000
+#               more Nodes vs none; Node written -> route on both hosts vs a
+#               bare kube-rs watch (benches/src/bin/kube_footprint.rs)
 #   datapath    pod-to-pod iperf3 vs hand-made kernel setup with the same
 #               iptables rules, CPU per Gbit/s; the udp backend (and its
 #               FLANNEL_UDP_OFFLOAD=off batching) vs kernel vxlan
@@ -87,6 +90,7 @@ bench program "$BIN/program"
 bench converge "$BIN/converge"
 bench footprint "$BIN/footprint"
 bench udp-resync "$BIN/udp_resync"
+bench kube_footprint "$BIN/kube_footprint"
 
 say "datapath"
 rm -f "$ROOT/target/bench-datapath.jsonl"

@@ -7,6 +7,8 @@
 #   scripts/demo.sh                     # vxlan on the embedded local store
 #   scripts/demo.sh --backend host-gw   # host-gw instead
 #   scripts/demo.sh --etcd              # a real etcd instead of the local store
+#   scripts/demo.sh --kube              # Kubernetes mode (--kube-subnet-mgr) on the test
+#                                       # suite's fake API server (no kube-apiserver here)
 #   scripts/demo.sh --keep              # leave everything running (Ctrl-C cleans up)
 #
 # Run as root on Debian; it installs what it needs and builds in release mode.
@@ -17,6 +19,7 @@ ROOT=$(pwd)
 
 BACKEND=vxlan
 USE_ETCD=0
+USE_KUBE=0
 KEEP=0
 HOSTS=3
 while [ $# -gt 0 ]; do
@@ -24,23 +27,31 @@ while [ $# -gt 0 ]; do
         --backend) BACKEND="$2"; shift 2 ;;
         --backend=*) BACKEND="${1#*=}"; shift ;;
         --etcd) USE_ETCD=1; shift ;;
+        --kube) USE_KUBE=1; shift ;;
         --keep) KEEP=1; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 case "$BACKEND" in vxlan|host-gw) ;; *) echo "--backend must be vxlan or host-gw" >&2; exit 2 ;; esac
+[ "$USE_ETCD$USE_KUBE" = 11 ] && { echo "--etcd and --kube exclude each other" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root (network namespaces)" >&2; exit 1; }
 
 START=$(date +%s.%N)
 
 PACKAGES=(iproute2 iputils-ping iptables containernetworking-plugins protobuf-compiler libprotobuf-dev)
 [ "$USE_ETCD" = 1 ] && PACKAGES+=(etcd-server etcd-client)
+# kubectl shows the Nodes' annotations in Kubernetes mode.
+[ "$USE_KUBE" = 1 ] && ! command -v kubectl >/dev/null && PACKAGES+=(kubernetes-client)
 ensure_packages "${PACKAGES[@]}"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 
 say "building flanneld and the flannel CNI plugin (release)"
 cargo build --release -q -p flanneld -p flannel-cni
+if [ "$USE_KUBE" = 1 ]; then
+    say "building the fake Kubernetes API server (release)"
+    cargo build --release -q -p flannel-benches --bin fake_kube_apiserver
+fi
 BIN="$ROOT/target/release"
 CNI_BIN=/usr/lib/cni
 
@@ -89,7 +100,23 @@ done
 
 NETCONF="{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"$BACKEND\"}}"
 STORE_ARGS=()
-if [ "$USE_ETCD" = 1 ]; then
+NODE_ENV=0
+if [ "$USE_KUBE" = 1 ]; then
+    say "starting the fake Kubernetes API server on https://192.168.100.254:6443 (in the switch namespace)"
+    NODE_ARGS=()
+    for i in $(seq 1 $HOSTS); do
+        NODE_ARGS+=(--node "h$i=10.244.$i.0/24" --internal-ip "h$i=192.168.100.$i")
+    done
+    ip netns exec "$SW" "$BIN/fake_kube_apiserver" --listen 192.168.100.254:6443 \
+        --kubeconfig "$WORK/kubeconfig" "${NODE_ARGS[@]}" >"$WORK/apiserver.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do grep -q '^ready' "$WORK/apiserver.log" 2>/dev/null && break; sleep 0.05; done
+    grep -q '^ready' "$WORK/apiserver.log" || { echo "the fake API server did not start:"; cat "$WORK/apiserver.log"; exit 1; }
+    echo "  Nodes h1..h$HOSTS with podCIDRs 10.244.<i>.0/24; kubeconfig $WORK/kubeconfig"
+    echo "$NETCONF" >"$WORK/net-conf.json"
+    STORE_ARGS=(--kube-subnet-mgr "--kubeconfig-file=$WORK/kubeconfig" "--net-config-path=$WORK/net-conf.json")
+    NODE_ENV=1
+elif [ "$USE_ETCD" = 1 ]; then
     say "starting etcd on 192.168.100.254:2379 (in the switch namespace)"
     ip netns exec "$SW" etcd --data-dir "$WORK/etcd" --name demo \
         --listen-client-urls http://192.168.100.254:2379 --advertise-client-urls http://192.168.100.254:2379 \
@@ -114,7 +141,11 @@ fi
 say "starting flanneld ($BACKEND) on every host"
 T0=$(date +%s.%N)
 for i in $(seq 1 $HOSTS); do
-    ip netns exec "${TAG}-h$i" "$BIN/flanneld" --iface=eth0 "--subnet-file=$WORK/h$i/subnet.env" "${STORE_ARGS[@]}" \
+    # In Kubernetes mode each flanneld acts for its Node (NODE_NAME, as the
+    # DaemonSet's downward API would set it).
+    NODE_NAME_ENV=()
+    [ "$NODE_ENV" = 1 ] && NODE_NAME_ENV=("NODE_NAME=h$i")
+    ip netns exec "${TAG}-h$i" env "${NODE_NAME_ENV[@]}" "$BIN/flanneld" --iface=eth0 "--subnet-file=$WORK/h$i/subnet.env" "${STORE_ARGS[@]}" \
         >"$WORK/h$i/flanneld.log" 2>&1 &
     PIDS+=($!)
 done
@@ -165,10 +196,25 @@ if [ "$BACKEND" = vxlan ]; then
     ip -n "${TAG}-h1" -d link show flannel.1 | sed 's/^/  /' | head -3
     ip -n "${TAG}-h1" neigh show dev flannel.1 | sed 's/^/  /'
 fi
+if [ "$USE_KUBE" = 1 ]; then
+    say "the Nodes' flannel annotations (kubectl against the fake API server)"
+    for i in $(seq 1 $HOSTS); do
+        echo "  h$i:"
+        ip netns exec "$SW" kubectl --kubeconfig "$WORK/kubeconfig" --cache-dir "$WORK/kubectl-cache" \
+            get node "h$i" -o go-template='{{range $k, $v := .metadata.annotations}}    {{$k}}={{$v}}{{"\n"}}{{end}}' \
+            || echo "    (kubectl failed)"
+        ip netns exec "$SW" kubectl --kubeconfig "$WORK/kubeconfig" --cache-dir "$WORK/kubectl-cache" \
+            get node "h$i" -o go-template='{{range .status.conditions}}{{if eq .type "NetworkUnavailable"}}    condition NetworkUnavailable={{.status}} ({{.reason}}: {{.message}}){{"\n"}}{{end}}{{end}}' \
+            || true
+    done
+fi
 RSS=$(ps -o rss= -p "${PIDS[-1]}" 2>/dev/null | tr -d ' ')
 END=$(date +%s.%N)
 say "summary"
-echo "  backend:              $BACKEND ($([ "$USE_ETCD" = 1 ] && echo etcd || echo local store))"
+STORE_NAME="local store"
+[ "$USE_ETCD" = 1 ] && STORE_NAME=etcd
+[ "$USE_KUBE" = 1 ] && STORE_NAME="Kubernetes API (fake API server)"
+echo "  backend:              $BACKEND ($STORE_NAME)"
 awk -v a="$T0" -v b="$T1" 'BEGIN { printf "  flanneld start -> all subnet.env: %.0f ms\n", (b - a) * 1000 }'
 echo "  flanneld RSS (host $HOSTS): ${RSS:-?} KiB"
 awk -v a="$START" -v b="$END" 'BEGIN { printf "  demo wall time:       %.1f s\n", b - a }'

@@ -61,11 +61,11 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # few seconds each) and with -D warnings also fails on what only shows up in
 # these builds: unused imports and dead code left by cfg gating.
 step "feature builds (flanneld per backend, flannel-subnet without defaults)"
-for features in "" vxlan host-gw alloc tencent-vpc udp ipip ipsec wireguard; do
+for features in "" vxlan host-gw alloc tencent-vpc udp ipip ipsec wireguard kube; do
     echo "  flanneld --no-default-features${features:+ --features $features}"
     cargo clippy -q -p flanneld --all-targets --no-default-features ${features:+--features "$features"} -- -D warnings
 done
-for features in "" etcd; do
+for features in "" etcd kube; do
     echo "  flannel-subnet --no-default-features${features:+ --features $features}"
     cargo clippy -q -p flannel-subnet --all-targets --no-default-features ${features:+--features "$features"} -- -D warnings
 done

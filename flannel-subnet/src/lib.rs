@@ -10,6 +10,7 @@
 //! | [`store`] | the [`store::LeaseStore`] contract a datastore implements |
 //! | [`local`] | the embedded file-backed store (feature `local`, default) |
 //! | `etcd` | the wire-compatible etcd v3 store (feature `etcd`) |
+//! | `kube` | the Kubernetes subnet manager: leases from Node podCIDRs, peers from a Node watch (feature `kube`) |
 //! | [`runner`] | [`runner::Runner`]: the loop that drives a backend's network |
 //! | [`env_file`] | reading and atomically writing `subnet.env` |
 //!
@@ -19,6 +20,10 @@
 //!   or the Kubernetes API instead.
 //! - `etcd`: the etcd v3 store (pulls in `etcd-client`; building it needs
 //!   `protoc`).
+//! - `kube`: the Kubernetes subnet manager (kube-rs and k8s-openapi). As
+//!   kube-rs documents, this library leaves k8s-openapi's Kubernetes version
+//!   feature (`v1_*`) to the final binary: a program using this feature
+//!   depends on `k8s-openapi` with one version feature itself.
 //!
 //! Nothing in this crate spawns tasks or installs signal handlers: watches are
 //! streams the caller polls and [`runner::Runner::run`] takes its shutdown
@@ -70,6 +75,8 @@ pub mod allocator;
 pub mod env_file;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "kube")]
+pub mod kube;
 #[cfg(feature = "local")]
 pub mod local;
 pub mod manager;

@@ -22,7 +22,11 @@
 //! Helpers here panic with a message naming the host and the command, as a
 //! test assertion would: a cluster is test scaffolding, not a library.
 //!
-//! This module needs the `cluster` feature.
+//! This module needs the `cluster` feature. With the `kube` feature too,
+//! [`Backing::Kube`] runs the hosts' flanneld with `--kube-subnet-mgr`
+//! against the fake Kubernetes API server ([`crate::kube`]) in the switch
+//! namespace: one Node per host (`h1`, `h2`, ...) with podCIDRs preset from
+//! the config, as a cluster's node controller would assign them.
 //!
 //! ```no_run
 //! use flannel_testutil::cluster::{Backing, Cluster};
@@ -430,6 +434,14 @@ pub enum Backing {
     Etcd,
     /// The embedded local store in `<tmp>/store`, shared by all hosts.
     Local,
+    /// The fake Kubernetes API server in the switch namespace on
+    /// [`ETCD_IP`] (TLS, bearer token, kube-flannel's ClusterRole enforced
+    /// on flanneld's user), one Node per host named by
+    /// [`Cluster::node_name`] with the podCIDRs of [`kube_pod_cidrs`]; each
+    /// flanneld runs with `--kube-subnet-mgr`, a kubeconfig, `NODE_NAME` and
+    /// the config in `<tmp>/net-conf.json`. One network only.
+    #[cfg(feature = "kube")]
+    Kube,
 }
 
 #[derive(Debug)]
@@ -438,6 +450,8 @@ enum Store {
     /// The first network's store directory (each network has its own, in
     /// [`Network::local_store`]).
     Local(PathBuf),
+    #[cfg(feature = "kube")]
+    Kube(Box<crate::kube::FakeApiServer>),
 }
 
 /// A pod: a namespace with `eth0` and its addresses.
@@ -548,6 +562,13 @@ impl Cluster {
                 Store::Etcd(Box::new(server))
             }
             Backing::Local => Store::Local(dir.path().join(local_store_name(first.name))),
+            #[cfg(feature = "kube")]
+            Backing::Kube => {
+                topo.switch
+                    .ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"])
+                    .expect("API server address on br0");
+                Store::Kube(Box::new(start_fake_api(&topo, &dir, first.config)))
+            }
         };
         let mut c = Cluster {
             daemons: (0..hosts).map(|_| None).collect(),
@@ -607,6 +628,17 @@ impl Cluster {
                 fs::create_dir_all(&store).expect("store dir");
                 fs::write(store.join("config"), spec.config).expect("write config");
                 Some(store)
+            }
+            #[cfg(feature = "kube")]
+            Store::Kube(_) => {
+                assert!(
+                    self.networks.is_empty(),
+                    "{}: a Kubernetes cluster has one network (the Nodes' podCIDRs)",
+                    self.name
+                );
+                fs::write(self.dir.path().join(KUBE_NET_CONF), spec.config)
+                    .expect("write net-conf.json");
+                None
             }
         };
         self.networks.push(Network {
@@ -721,7 +753,7 @@ impl Cluster {
     pub fn local_store(&self) -> &Path {
         match &self.store {
             Store::Local(p) => p,
-            Store::Etcd(_) => panic!("{}: not a local-store cluster", self.name),
+            _ => panic!("{}: not a local-store cluster", self.name),
         }
     }
 
@@ -771,6 +803,19 @@ impl Cluster {
                 cmd.arg("--subnet-manager=local")
                     .arg(format!("--local-store-dir={}", dir.display()));
             }
+            #[cfg(feature = "kube")]
+            Store::Kube(_) => {
+                let dir = self.dir.path();
+                cmd.arg("--kube-subnet-mgr")
+                    .arg(format!(
+                        "--kubeconfig-file={}",
+                        dir.join(KUBE_CONFIG).display()
+                    ))
+                    .arg(format!(
+                        "--net-config-path={}",
+                        dir.join(KUBE_NET_CONF).display()
+                    ));
+            }
         }
         cmd.args(extra)
             .stdin(Stdio::null())
@@ -784,6 +829,18 @@ impl Cluster {
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1");
+        for k in [
+            "NODE_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "KUBERNETES_SERVICE_HOST",
+        ] {
+            cmd.env_remove(k);
+        }
+        #[cfg(feature = "kube")]
+        if matches!(self.store, Store::Kube(_)) {
+            cmd.env("NODE_NAME", Cluster::node_name(i));
+        }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.envs(self.host_env[i].iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn ip netns exec flanneld");
@@ -1025,7 +1082,7 @@ impl Cluster {
     pub fn etcd_server(&mut self) -> &mut EtcdServer {
         match &mut self.store {
             Store::Etcd(server) => server,
-            Store::Local(_) => panic!("{}: not an etcd cluster", self.name),
+            _ => panic!("{}: not an etcd cluster", self.name),
         }
     }
 
@@ -1034,8 +1091,36 @@ impl Cluster {
     pub fn etcd_endpoint(&self) -> String {
         match &self.store {
             Store::Etcd(server) => server.endpoint(),
-            Store::Local(_) => panic!("{}: not an etcd cluster", self.name),
+            _ => panic!("{}: not an etcd cluster", self.name),
         }
+    }
+
+    /// The Kubernetes Node name of host `i` (`h1`, `h2`, ...).
+    pub fn node_name(i: usize) -> String {
+        format!("h{}", i + 1)
+    }
+
+    /// The fake API server of a [`Backing::Kube`] cluster.
+    #[cfg(feature = "kube")]
+    pub fn kube_api(&self) -> &crate::kube::FakeApiServer {
+        match &self.store {
+            Store::Kube(api) => api,
+            _ => panic!("{}: not a Kubernetes cluster", self.name),
+        }
+    }
+
+    /// Restarts the fake API server (every connection and watch dropped,
+    /// the port bound again in the switch namespace).
+    #[cfg(feature = "kube")]
+    pub fn restart_kube_api(&self) {
+        let api = self.kube_api();
+        self.topo.switch.run(|| api.restart());
+    }
+
+    /// The kubeconfig every host's flanneld uses.
+    #[cfg(feature = "kube")]
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join(KUBE_CONFIG)
     }
 
     /// Runs an async closure with an etcd client connected to the test
@@ -1288,7 +1373,100 @@ impl Drop for Cluster {
         if let Store::Etcd(server) = &self.store {
             eprintln!("----- etcd log -----\n{}", server.log_tail(30));
         }
+        #[cfg(feature = "kube")]
+        if let Store::Kube(api) = &self.store {
+            for name in api.node_names() {
+                let annotations = api
+                    .node(&name)
+                    .and_then(|n| n.pointer("/metadata/annotations").cloned())
+                    .unwrap_or_default();
+                eprintln!("----- Node {name} annotations -----\n{annotations}");
+            }
+        }
     }
+}
+
+/// The kubeconfig of a [`Backing::Kube`] cluster, in its temp dir.
+#[cfg(feature = "kube")]
+const KUBE_CONFIG: &str = "kubeconfig";
+/// The `--net-config-path` of a [`Backing::Kube`] cluster, in its temp dir.
+#[cfg(feature = "kube")]
+const KUBE_NET_CONF: &str = "net-conf.json";
+/// The bearer token of a [`Backing::Kube`] cluster's API server.
+#[cfg(feature = "kube")]
+const KUBE_TOKEN: &str = "flannel-e2e-token";
+
+/// The podCIDRs a [`Backing::Kube`] cluster assigns to host `i`'s Node, from
+/// the config text: the `(i+1)`-th /24 of `Network` when IPv4 is enabled
+/// (the default) and the `(i+1)`-th /64 of `IPv6Network` when `EnableIPv6`
+/// is true, as a node IPAM controller hands them out. Panics on a config
+/// without the networks, or with networks too small for that.
+pub fn kube_pod_cidrs(config: &str, i: usize) -> Vec<String> {
+    let cfg: serde_json::Value =
+        serde_json::from_str(config).unwrap_or_else(|e| panic!("config {config}: {e}"));
+    let n = u32::try_from(i + 1).expect("host index");
+    let mut out = Vec::new();
+    let net = |key: &str| {
+        let text = cfg[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("config {config} has no {key}"));
+        let (addr, len) = text.split_once('/').expect("a CIDR");
+        (
+            addr.to_owned(),
+            len.parse::<u32>().expect("a prefix length"),
+        )
+    };
+    if cfg["EnableIPv4"].as_bool() != Some(false) {
+        let (addr, len) = net("Network");
+        assert!(
+            len <= 16,
+            "Network {addr}/{len} is too small for per-host /24s"
+        );
+        let base = u32::from(addr.parse::<Ipv4Addr>().expect("an IPv4 network"));
+        out.push(format!("{}/24", Ipv4Addr::from(base + (n << 8))));
+    }
+    if cfg["EnableIPv6"].as_bool() == Some(true) {
+        let (addr, len) = net("IPv6Network");
+        assert!(
+            len <= 56,
+            "IPv6Network {addr}/{len} is too small for per-host /64s"
+        );
+        let base = u128::from(addr.parse::<Ipv6Addr>().expect("an IPv6 network"));
+        out.push(format!(
+            "{}/64",
+            Ipv6Addr::from(base + (u128::from(n) << 64))
+        ));
+    }
+    out
+}
+
+/// Starts the fake API server of a [`Backing::Kube`] cluster in the switch
+/// namespace (its socket lives there; the hosts reach it over `br0`), with
+/// one Node per host and the kubeconfig in `dir`.
+#[cfg(feature = "kube")]
+fn start_fake_api(topo: &Topology, dir: &TempDir, config: &str) -> crate::kube::FakeApiServer {
+    use crate::kube::{FakeApiServer, FakeOptions, TOKEN_USER, flannel_rules, node_json};
+    let opts = FakeOptions {
+        token: Some(KUBE_TOKEN.to_owned()),
+        ..FakeOptions::default()
+    };
+    let addr = SocketAddr::new(IpAddr::V4(ETCD_IP), 0);
+    let api = topo
+        .switch
+        .run(|| FakeApiServer::start_on(addr, opts))
+        .unwrap_or_else(|e| panic!("starting the fake API server on {ETCD_IP}: {e}"));
+    // flanneld gets exactly kube-flannel's ClusterRole: a call it does not
+    // grant fails (403) as it would in a real cluster.
+    api.set_permissions(TOKEN_USER, flannel_rules());
+    for (i, host) in topo.hosts.iter().enumerate() {
+        let cidrs = kube_pod_cidrs(config, i);
+        let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
+        let ip = host.ipv4.to_string();
+        api.apply_node(node_json(&Cluster::node_name(i), &cidrs, &[], Some(&ip)));
+    }
+    api.write_kubeconfig(&dir.path().join(KUBE_CONFIG), TOKEN_USER)
+        .expect("write the kubeconfig");
+    api
 }
 
 /// The local store directory name of the network called `name`.

@@ -66,8 +66,12 @@ pub fn built_in() -> Vec<&'static str> {
 
 /// Every subnet manager (`--subnet-manager` value) flanneld knows, and
 /// whether this build has it. `etcd` and `local` are always built in; `kube`
-/// arrives with the Kubernetes subnet manager.
-pub const SUBNET_MANAGERS: &[(&str, bool)] = &[("etcd", true), ("local", true), ("kube", false)];
+/// with the `kube` feature.
+pub const SUBNET_MANAGERS: &[(&str, bool)] = &[
+    ("etcd", true),
+    ("local", true),
+    ("kube", cfg!(feature = "kube")),
+];
 
 /// The subnet managers compiled into this binary.
 pub fn subnet_managers() -> Vec<&'static str> {

@@ -4,7 +4,7 @@ use crate::backends;
 use crate::cli::{Options, SubnetManagerKind};
 use crate::health::{self, Health};
 use crate::notify::Notifier;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use flannel_core::backend::{BackendError, HostContext, RegisterContext};
 use flannel_core::config::NetConfig;
 use flannel_core::manager::{ManagerError, SubnetManager};
@@ -62,6 +62,7 @@ async fn unless_stopped<T>(
 async fn manager(
     opts: &Options,
     stop: &watch::Receiver<bool>,
+    health: &Arc<Health>,
 ) -> Result<Option<Arc<dyn SubnetManager>>> {
     Ok(Some(match opts.subnet_manager {
         SubnetManagerKind::Local => {
@@ -123,10 +124,36 @@ async fn manager(
                 }
             }
         }
-        SubnetManagerKind::Kube => bail!(
-            "Failed to create SubnetManager: the Kubernetes subnet manager is not available in this build yet; \
+        #[cfg(feature = "kube")]
+        SubnetManagerKind::Kube => {
+            let options = crate::kube::options(opts, |name| std::env::var(name).ok());
+            info!(
+                "using the Kubernetes API ({}), network config from {}",
+                match (&options.kubeconfig, &options.api_url) {
+                    (Some(k), Some(u)) => format!("kubeconfig {} with server {u}", k.display()),
+                    (Some(k), None) => format!("kubeconfig {}", k.display()),
+                    (None, Some(u)) => format!("server {u}"),
+                    (None, None) => "in-cluster service account".to_string(),
+                },
+                options.net_config_path.display()
+            );
+            let connecting = flannel_subnet::kube::KubeSubnetManager::connect(options);
+            let Some(connected) = unless_stopped(stop, connecting).await else {
+                return Ok(None);
+            };
+            let m = connected.map_err(|e| anyhow!(e).context("Failed to create SubnetManager"))?;
+            info!("this is node {}", m.node_name());
+            health.set_datastore(Arc::new(crate::kube::KubeView(m.status())));
+            Arc::new(m)
+        }
+        #[cfg(not(feature = "kube"))]
+        SubnetManagerKind::Kube => {
+            let _ = health;
+            anyhow::bail!(
+                "Failed to create SubnetManager: this flanneld was built without the `kube` feature; \
              use --subnet-manager=etcd or the local store"
-        ),
+            )
+        }
     }))
 }
 
@@ -176,7 +203,7 @@ pub async fn run(opts: Options) -> Result<()> {
             .with_context(|| format!("healthz: cannot listen on {addr}"))?;
         tokio::spawn(health::serve(listener, health.clone()));
     }
-    let Some(sm) = manager(&opts, &stop).await? else {
+    let Some(sm) = manager(&opts, &stop, &health).await? else {
         info!("Exiting cleanly...");
         return Ok(());
     };
@@ -290,8 +317,15 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         Err(e) => warn!("Failed to write subnet file: {e}"),
     }
+    // Kubernetes clears the node's NetworkUnavailable condition here. Go
+    // tries once; a failure keeps /readyz at 503, so keep trying.
     if let Err(e) = sm.complete_lease(network.lease()).await {
-        warn!("completing the lease: {e}");
+        error!("{e}");
+        tokio::spawn(retry_complete_lease(
+            sm.clone(),
+            network.lease().clone(),
+            stop.clone(),
+        ));
     }
 
     // A userspace datapath runs on a thread of its own, never waiting for
@@ -317,6 +351,29 @@ pub async fn run(opts: Options) -> Result<()> {
     result?;
     info!("Exiting cleanly...");
     Ok(())
+}
+
+/// How often a failed [`SubnetManager::complete_lease`] is tried again.
+const COMPLETE_RETRY: Duration = Duration::from_secs(10);
+
+async fn retry_complete_lease(
+    sm: Arc<dyn SubnetManager>,
+    lease: flannel_core::lease::Lease,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return,
+            _ = tokio::time::sleep(COMPLETE_RETRY) => {}
+        }
+        match sm.complete_lease(&lease).await {
+            Ok(()) => {
+                info!("completed the lease after earlier failures");
+                return;
+            }
+            Err(e) => debug!("{e} (trying again in {} s)", COMPLETE_RETRY.as_secs()),
+        }
+    }
 }
 
 /// What depends on the lease besides the datapath.

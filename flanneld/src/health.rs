@@ -121,6 +121,17 @@ impl RunnerView for RunnerStatus {
     }
 }
 
+/// What a datastore with state of its own (the Kubernetes API: node
+/// annotations, the node condition, the node watch) adds to readiness and
+/// metrics.
+pub trait DatastoreView: Send + Sync {
+    /// `Ok` when the datastore's side is ready, else the first reason why not.
+    fn readiness(&self) -> Result<(), String>;
+    /// Extra metric families, in the exposition format (with `HELP` and
+    /// `TYPE` lines).
+    fn metrics(&self) -> String;
+}
+
 /// Milliseconds since the Unix epoch (the unit of loop progress stamps).
 pub fn unix_millis_now() -> u64 {
     SystemTime::now()
@@ -151,6 +162,7 @@ struct State {
     gates: Vec<(String, bool)>,
     rules: Option<Arc<RulesStatus>>,
     extra_metrics: Vec<MetricsSource>,
+    datastore: Option<Arc<dyn DatastoreView>>,
 }
 
 /// Appends a backend's metric families (Prometheus text) to `/metrics`.
@@ -244,6 +256,17 @@ impl Health {
         self.lock().rules = Some(status);
     }
 
+    /// The datastore's own readiness and metrics (Kubernetes mode).
+    pub fn set_datastore(&self, view: Arc<dyn DatastoreView>) {
+        self.lock().datastore = Some(view);
+    }
+
+    /// The datastore's extra metric families, if it has any.
+    pub fn datastore_metrics(&self) -> String {
+        let view = self.lock().datastore.clone();
+        view.map(|v| v.metrics()).unwrap_or_default()
+    }
+
     /// Registers a loop for liveness: `progress` holds the Unix time in
     /// milliseconds of its last progress (update it with [`mark_progress`]).
     /// Registering a name again replaces it. The default limit applies.
@@ -323,6 +346,10 @@ impl Health {
             None => return Err("lease watch not started".into()),
             Some(v) if !v.in_sync() => return Err("datastore watch not in sync".into()),
             Some(_) => {}
+        }
+        let datastore = self.lock().datastore.clone();
+        if let Some(d) = datastore {
+            d.readiness()?;
         }
         let state = self.lock();
         if let Some((name, _)) = state.gates.iter().find(|(_, open)| !open) {

@@ -11,6 +11,7 @@
 //! * `host-gw` (default): the host-gw backend.
 //! * `alloc` (default): the alloc backend.
 //! * `tencent-vpc` (default): the tencent-vpc backend.
+//! * `kube` (default): the Kubernetes subnet manager (`--kube-subnet-mgr`).
 //!
 //! The default build carries every backend (as Go's binary does); the
 //! features let slim builds drop some. [`backends::FEATURES`] lists them.
@@ -20,6 +21,8 @@ pub mod cli;
 pub mod daemon;
 pub mod docker_opts;
 pub mod health;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod metrics;
 pub mod notify;
 pub mod traffic;

@@ -15,8 +15,8 @@ pub const GIT_COMMIT: &str = env!("FLANNELD_GIT_COMMIT");
 /// ```text
 /// flanneld 0.1.0
 /// git commit: 1a2b3c4
-/// backends: vxlan host-gw alloc tencent-vpc
-/// subnet managers: etcd local
+/// backends: vxlan host-gw alloc tencent-vpc udp ipip ipsec wireguard
+/// subnet managers: etcd local kube
 /// ```
 ///
 /// (Go flanneld prints only its version, to stderr.)
