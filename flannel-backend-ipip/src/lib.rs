@@ -39,7 +39,7 @@ use flannel_core::backend::{
     Backend, BackendError, ExternalInterface, Network, RegisterContext, ResyncTrigger, RetryPolicy,
 };
 use flannel_core::event::{EventKind, LeaseEvent};
-use flannel_core::gojson::{NotObject, Object, RawJson};
+use flannel_core::gojson::{RawJson, decode_struct};
 use flannel_core::ip::Ip4Net;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_netlink::{
@@ -79,17 +79,14 @@ impl IpipOptions {
     /// Decodes the raw `Backend` object (absent or null = defaults).
     pub fn parse(backend: Option<&RawJson>) -> Result<IpipOptions, BackendError> {
         let mut o = IpipOptions::default();
-        let Some(raw) = backend else { return Ok(o) };
-        let obj = match Object::parse(raw.get(), "ipipBackendConfig")
-            .map_err(|e| config_error(e.0))?
-        {
-            Ok(obj) => obj,
-            Err(NotObject::Null) => return Ok(o),
-            Err(NotObject::Other(kind)) => {
-                return Err(config_error(format!(
-                    "json: cannot unmarshal {kind} into Go value of type struct {{ DirectRouting bool }}"
-                )));
-            }
+        let Some(obj) = decode_struct(
+            backend,
+            "ipipBackendConfig",
+            "struct { DirectRouting bool }",
+        )
+        .map_err(|e| config_error(e.0))?
+        else {
+            return Ok(o);
         };
         o.direct_routing = obj
             .bool("DirectRouting")

@@ -1,7 +1,7 @@
 //! The ipsec backend's options from `net-conf.json`'s `Backend` object.
 
 use flannel_core::backend::{BackendError, ExternalInterface};
-use flannel_core::gojson::{NotObject, Object, RawJson};
+use flannel_core::gojson::{RawJson, decode_struct};
 
 /// The backend type string.
 pub const TYPE: &str = "ipsec";
@@ -71,19 +71,11 @@ impl IpsecOptions {
     /// an error).
     pub fn parse(backend: Option<&RawJson>) -> Result<IpsecOptions, BackendError> {
         let too_short = || BackendError::Refused("config error, password is too short".into());
-        let Some(raw) = backend else {
+        let Some(obj) = decode_struct(backend, "ipsecBackendConfig", "ipsec.backendConfig")
+            .map_err(|e| config_error(e.0))?
+        else {
             return Err(too_short());
         };
-        let obj =
-            match Object::parse(raw.get(), "ipsecBackendConfig").map_err(|e| config_error(e.0))? {
-                Ok(obj) => obj,
-                Err(NotObject::Null) => return Err(too_short()),
-                Err(NotObject::Other(kind)) => {
-                    return Err(config_error(format!(
-                        "json: cannot unmarshal {kind} into Go value of type ipsec.backendConfig"
-                    )));
-                }
-            };
         // Type errors name the field, never its value.
         let psk = obj
             .string("PSK")

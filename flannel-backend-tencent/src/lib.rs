@@ -26,7 +26,7 @@ use api::{ApiError, Metadata, NORMAL_CVM, USER, Vpc};
 use flannel_core::backend::{Backend, BackendError, Network, RegisterContext, RetryPolicy};
 use flannel_core::config::NetConfig;
 use flannel_core::event::LeaseEvent;
-use flannel_core::gojson::{NotObject, Object as JsonObject, RawJson};
+use flannel_core::gojson::{RawJson, decode_struct};
 use flannel_core::ip::Ip4Net;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::reconcile::{Object, ObjectSet, Reconciler};
@@ -78,17 +78,14 @@ impl TencentOptions {
     /// Decodes the raw `Backend` object (keys case-insensitive, as Go).
     pub fn parse(backend: Option<&RawJson>) -> Result<TencentOptions, BackendError> {
         let mut o = TencentOptions::default();
-        let Some(raw) = backend else { return Ok(o) };
-        let obj = match JsonObject::parse(raw.get(), "tencentVpcBackendConfig")
-            .map_err(|e| config_error(e.0))?
-        {
-            Ok(obj) => obj,
-            Err(NotObject::Null) => return Ok(o),
-            Err(NotObject::Other(kind)) => {
-                return Err(config_error(format!(
-                    "json: cannot unmarshal {kind} into Go value of type tencentvpc.backendConfig"
-                )));
-            }
+        let Some(obj) = decode_struct(
+            backend,
+            "tencentVpcBackendConfig",
+            "tencentvpc.backendConfig",
+        )
+        .map_err(|e| config_error(e.0))?
+        else {
+            return Ok(o);
         };
         // A type error would quote the value: never for the secret.
         o.access_key_id = obj

@@ -2,7 +2,7 @@
 //! the offload switch.
 
 use flannel_core::backend::BackendError;
-use flannel_core::gojson::{JsonError, NotObject, Object, RawJson};
+use flannel_core::gojson::{JsonError, RawJson, decode_struct};
 
 /// The backend type string.
 pub const TYPE: &str = "udp";
@@ -56,19 +56,12 @@ impl UdpOptions {
     /// only fails at bind time when out of range; we refuse it here.
     pub fn parse(backend: Option<&RawJson>) -> Result<UdpOptions, BackendError> {
         let mut o = UdpOptions::default();
-        let Some(raw) = backend else { return Ok(o) };
-        let obj = match Object::parse(raw.get(), "udp.backendConfig")
-            .map_err(|e| config_error(format!("error decoding UDP backend config: {}", e.0)))?
-        {
-            Ok(obj) => obj,
-            Err(NotObject::Null) => return Ok(o),
-            Err(NotObject::Other(kind)) => {
-                return Err(config_error(format!(
-                    "error decoding UDP backend config: json: cannot unmarshal {kind} into Go value of type struct {{ Port int }}"
-                )));
-            }
-        };
         let e = |e: JsonError| config_error(format!("error decoding UDP backend config: {}", e.0));
+        let Some(obj) =
+            decode_struct(backend, "udp.backendConfig", "struct { Port int }").map_err(e)?
+        else {
+            return Ok(o);
+        };
         if let Some(v) = obj.int("Port", "int").map_err(e)? {
             o.port = u16::try_from(v)
                 .ok()

@@ -2,7 +2,7 @@
 //! its lease data.
 
 use flannel_core::backend::BackendError;
-use flannel_core::gojson::{JsonError, NotObject, Object, RawJson};
+use flannel_core::gojson::{JsonError, NotObject, Object, RawJson, decode_struct};
 use flannel_netlink::{Mac, format_mac, parse_mac};
 
 /// The backend type string.
@@ -52,17 +52,11 @@ impl VxlanOptions {
     /// Decodes the raw `Backend` object (absent = all defaults).
     pub fn parse(backend: Option<&RawJson>) -> Result<VxlanOptions, BackendError> {
         let mut o = VxlanOptions::default();
-        let Some(raw) = backend else { return Ok(o) };
-        let obj =
-            match Object::parse(raw.get(), "vxlanBackendConfig").map_err(|e| config_error(e.0))? {
-                Ok(obj) => obj,
-                Err(NotObject::Null) => return Ok(o),
-                Err(NotObject::Other(kind)) => {
-                    return Err(config_error(format!(
-                        "json: cannot unmarshal {kind} into Go value of type vxlan.backendConfig"
-                    )));
-                }
-            };
+        let Some(obj) = decode_struct(backend, "vxlanBackendConfig", "vxlan.backendConfig")
+            .map_err(|e| config_error(e.0))?
+        else {
+            return Ok(o);
+        };
         let e = |e: JsonError| config_error(e.0);
         if let Some(v) = obj.int("VNI", "int").map_err(e)? {
             o.vni = u32::try_from(v)

@@ -2,7 +2,7 @@
 
 use crate::keys::{Key, KeyError};
 use flannel_core::backend::BackendError;
-use flannel_core::gojson::{JsonError, NotObject, Object, RawJson};
+use flannel_core::gojson::{JsonError, RawJson, decode_struct};
 use std::time::Duration;
 
 /// The backend type string.
@@ -139,17 +139,16 @@ impl WireguardOptions {
     /// `could not parse psk: ...`, `no valid Mode configured`.
     pub fn parse(backend: Option<&RawJson>) -> Result<WireguardOptions, BackendError> {
         let mut o = WireguardOptions::default();
-        let Some(raw) = backend else { return Ok(o) };
         let decoding =
             |e: JsonError| config_error(format!("error decoding backend config: {}", e.0));
-        let obj = match Object::parse(raw.get(), GO_STRUCT).map_err(decoding)? {
-            Ok(obj) => obj,
-            Err(NotObject::Null) => return Ok(o),
-            Err(NotObject::Other(kind)) => {
-                return Err(config_error(format!(
-                    "error decoding backend config: json: cannot unmarshal {kind} into Go value of type struct {{ ListenPort int; ListenPortV6 int; PSK string; PersistentKeepaliveInterval time.Duration; Mode wireguard.Mode; MTU int }}"
-                )));
-            }
+        let Some(obj) = decode_struct(
+            backend,
+            GO_STRUCT,
+            "struct { ListenPort int; ListenPortV6 int; PSK string; PersistentKeepaliveInterval time.Duration; Mode wireguard.Mode; MTU int }",
+        )
+        .map_err(decoding)?
+        else {
+            return Ok(o);
         };
         let port = |field: &str, v: i64| {
             u16::try_from(v).map_err(|_| config_error(format!("{field} {v} out of range 0..65535")))

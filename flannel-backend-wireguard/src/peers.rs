@@ -3,7 +3,7 @@
 
 use crate::keys::Key;
 use crate::options::{Mode, TYPE, WireguardOptions};
-use flannel_core::gojson::{NotObject, Object, RawJson};
+use flannel_core::gojson::{RawJson, decode_struct};
 use flannel_core::lease::Lease;
 use flannel_core::reconcile::Object as ReconcileObject;
 use std::fmt;
@@ -38,19 +38,17 @@ impl WgLeaseData {
     /// Decodes a peer's data as Go does (keys case-insensitive, unknown
     /// keys ignored, `null` = empty).
     pub fn parse(raw: &RawJson) -> Result<WgLeaseData, String> {
-        let obj = match Object::parse(raw.get(), "wireguardLeaseAttrs").map_err(|e| e.0)? {
-            Ok(o) => o,
-            Err(NotObject::Null) => {
-                return Ok(WgLeaseData {
-                    public_key: String::new(),
-                    port: 0,
-                });
-            }
-            Err(NotObject::Other(kind)) => {
-                return Err(format!(
-                    "json: cannot unmarshal {kind} into Go value of type wireguard.wireguardLeaseAttrs"
-                ));
-            }
+        let Some(obj) = decode_struct(
+            Some(raw),
+            "wireguardLeaseAttrs",
+            "wireguard.wireguardLeaseAttrs",
+        )
+        .map_err(|e| e.0)?
+        else {
+            return Ok(WgLeaseData {
+                public_key: String::new(),
+                port: 0,
+            });
         };
         Ok(WgLeaseData {
             public_key: obj

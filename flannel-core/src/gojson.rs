@@ -127,6 +127,40 @@ pub struct Object {
     type_name: &'static str,
 }
 
+/// Decodes an optional document as Go's `json.Unmarshal` fills a struct
+/// that already holds its defaults: `Ok(None)` when the document is absent
+/// or `null` (the defaults stay), the object's members when it is an object,
+/// and Go's type error naming `go_type` for any other kind. `type_name` is
+/// the Go struct name [`Object`] uses in its field errors. Every backend's
+/// options and lease data decode through this.
+///
+/// ```
+/// use flannel_core::gojson::{decode_struct, RawJson};
+/// let obj = RawJson::new(r#"{"VNI": 4}"#).unwrap();
+/// assert!(decode_struct(Some(&obj), "cfg", "vxlan.backendConfig").unwrap().is_some());
+/// let null = RawJson::new("null").unwrap();
+/// assert!(decode_struct(Some(&null), "cfg", "vxlan.backendConfig").unwrap().is_none());
+/// let list = RawJson::new("[1]").unwrap();
+/// assert_eq!(
+///     decode_struct(Some(&list), "cfg", "vxlan.backendConfig").unwrap_err().0,
+///     "json: cannot unmarshal array into Go value of type vxlan.backendConfig"
+/// );
+/// ```
+pub fn decode_struct(
+    raw: Option<&RawJson>,
+    type_name: &'static str,
+    go_type: &str,
+) -> Result<Option<Object>, JsonError> {
+    let Some(raw) = raw else { return Ok(None) };
+    match Object::parse(raw.get(), type_name)? {
+        Ok(obj) => Ok(Some(obj)),
+        Err(NotObject::Null) => Ok(None),
+        Err(NotObject::Other(kind)) => Err(JsonError(format!(
+            "json: cannot unmarshal {kind} into Go value of type {go_type}"
+        ))),
+    }
+}
+
 /// Result of [`Object::parse`] when the document is not an object.
 #[derive(Debug)]
 pub enum NotObject {
