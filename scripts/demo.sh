@@ -5,7 +5,8 @@
 # pod-to-pod pings across every pair of hosts.
 #
 #   scripts/demo.sh                     # vxlan on the embedded local store
-#   scripts/demo.sh --backend host-gw   # host-gw instead
+#   scripts/demo.sh --backend host-gw   # host-gw instead; also udp or wireguard
+#                                       # (userspace WireGuard: this kernel has none)
 #   scripts/demo.sh --etcd              # a real etcd instead of the local store
 #   scripts/demo.sh --kube              # Kubernetes mode (--kube-subnet-mgr) on the test
 #                                       # suite's fake API server (no kube-apiserver here)
@@ -33,7 +34,8 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-case "$BACKEND" in vxlan|host-gw) ;; *) echo "--backend must be vxlan or host-gw" >&2; exit 2 ;; esac
+# ipip and ipsec need kernel support this machine lacks (their tests run in a VM).
+case "$BACKEND" in vxlan|host-gw|udp|wireguard) ;; *) echo "--backend must be vxlan, host-gw, udp or wireguard" >&2; exit 2 ;; esac
 [ "$USE_ETCD$USE_KUBE" = 11 ] && { echo "--etcd and --kube exclude each other" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root (network namespaces)" >&2; exit 1; }
 
@@ -145,6 +147,11 @@ for i in $(seq 1 $HOSTS); do
     # DaemonSet's downward API would set it).
     NODE_NAME_ENV=()
     [ "$NODE_ENV" = 1 ] && NODE_NAME_ENV=("NODE_NAME=h$i")
+    # The hosts share one filesystem: each WireGuard host keeps its own key
+    # file and its own control-socket directory (`wg` would look in
+    # /var/run/wireguard, which all of them would share).
+    [ "$BACKEND" = wireguard ] && NODE_NAME_ENV+=("WIREGUARD_KEY_FILE=$WORK/h$i/wgkey"
+        "FLANNEL_WIREGUARD_SOCKET_DIR=$WORK/h$i/wg")
     ip netns exec "${TAG}-h$i" env "${NODE_NAME_ENV[@]}" "$BIN/flanneld" --iface=eth0 "--subnet-file=$WORK/h$i/subnet.env" "${STORE_ARGS[@]}" \
         >"$WORK/h$i/flanneld.log" 2>&1 &
     PIDS+=($!)
