@@ -23,7 +23,8 @@
 #
 # The caller's exported environment is passed into the VM (that is how tests
 # tell their inner run apart: FLANNEL_IN_VM=1). /tmp and /run are fresh tmpfs
-# inside (the host's are not visible): put files the command needs elsewhere.
+# inside (the host's are not visible), except the /tmp/<dir> the caller works
+# in (a checkout under /tmp), which stays visible.
 #
 # Host packages: qemu-system-x86 busybox-static kmod xz-utils (and apt-get's
 # access to Debian's archive the first time, to download the kernel).
@@ -110,7 +111,19 @@ mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
 mount -t tmpfs tmpfs $R/run
+# /tmp is a fresh tmpfs, but a caller working in a tree under /tmp (a CI
+# checkout in /tmp/<dir>) must still see it: keep /tmp/<dir> of the caller's
+# directory, as the overlay shows it (host files, writes thrown away).
+mkdir -p /early && mount -t 9p -o $NINEP rundir /early || die "cannot mount the run directory"
+KEEP=$(sed -n 's|^\(/tmp/[^/][^/]*\).*|\1|p' /early/cwd)
+umount /early
+if [ -n "$KEEP" ] && [ -d "$R$KEEP" ]; then
+    mkdir -p /keep && mount --bind "$R$KEEP" /keep
+fi
 mount -t tmpfs tmpfs $R/tmp
+if [ -n "$KEEP" ] && [ -d /keep ]; then
+    mkdir -p "$R$KEEP" && mount --move /keep "$R$KEEP"
+fi
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
 ln -sf /proc/self/fd $R/dev/fd
 ln -sf /proc/self/fd/0 $R/dev/stdin

@@ -225,6 +225,12 @@ struct Capture {
 impl Capture {
     fn start(c: &Cluster, file: PathBuf) -> Capture {
         let log = file.with_extension("log");
+        let endpoint = c.etcd_endpoint();
+        let etcd_port = endpoint
+            .rsplit(':')
+            .next()
+            .expect("the etcd endpoint has a port")
+            .to_string();
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -240,7 +246,8 @@ impl Capture {
                 "-w",
             ])
             .arg(&file)
-            .args(["ip", "and", "not", "port", "2379"])
+            // etcd runs on the switch at a free port: leave its traffic out.
+            .args(["ip", "and", "not", "port", &etcd_port])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("tcpdump log"))
             .spawn()
