@@ -143,7 +143,7 @@ async fn manager(
             };
             let m = connected.map_err(|e| anyhow!(e).context("Failed to create SubnetManager"))?;
             info!("this is node {}", m.node_name());
-            health.set_datastore(Arc::new(crate::kube::KubeView(m.status())));
+            crate::kube::attach(health, m.status());
             Arc::new(m)
         }
         #[cfg(not(feature = "kube"))]

@@ -122,14 +122,12 @@ impl RunnerView for RunnerStatus {
 }
 
 /// What a datastore with state of its own (the Kubernetes API: node
-/// annotations, the node condition, the node watch) adds to readiness and
-/// metrics.
+/// annotations, the node condition, the node watch) adds to readiness. Its
+/// metric families go through [`Health::add_metrics_source`] like any
+/// other.
 pub trait DatastoreView: Send + Sync {
     /// `Ok` when the datastore's side is ready, else the first reason why not.
     fn readiness(&self) -> Result<(), String>;
-    /// Extra metric families, in the exposition format (with `HELP` and
-    /// `TYPE` lines).
-    fn metrics(&self) -> String;
 }
 
 /// Milliseconds since the Unix epoch (the unit of loop progress stamps).
@@ -256,15 +254,9 @@ impl Health {
         self.lock().rules = Some(status);
     }
 
-    /// The datastore's own readiness and metrics (Kubernetes mode).
+    /// The datastore's own readiness (Kubernetes mode).
     pub fn set_datastore(&self, view: Arc<dyn DatastoreView>) {
         self.lock().datastore = Some(view);
-    }
-
-    /// The datastore's extra metric families, if it has any.
-    pub fn datastore_metrics(&self) -> String {
-        let view = self.lock().datastore.clone();
-        view.map(|v| v.metrics()).unwrap_or_default()
     }
 
     /// Registers a loop for liveness: `progress` holds the Unix time in

@@ -2,7 +2,7 @@
 //! options from the flags and environment, and its readiness and metrics.
 
 use crate::cli::Options;
-use crate::health::DatastoreView;
+use crate::health::{DatastoreView, Health};
 use flannel_subnet::kube::{KubeOptions, KubeStatus};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -39,8 +39,21 @@ impl DatastoreView for KubeView {
         }
         Ok(())
     }
+}
 
-    fn metrics(&self) -> String {
+/// Registers the Kubernetes manager's readiness and its metric families
+/// with `health`.
+pub fn attach(health: &Health, status: Arc<KubeStatus>) {
+    let metrics = KubeView(status.clone());
+    health.add_metrics_source(Arc::new(move |out: &mut String| {
+        out.push_str(&metrics.metrics())
+    }));
+    health.set_datastore(Arc::new(KubeView(status)));
+}
+
+impl KubeView {
+    /// The `flannel_kube_*` families, in the exposition format.
+    pub fn metrics(&self) -> String {
         let s = &self.0;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let flag = |a: &std::sync::atomic::AtomicBool| u8::from(a.load(Ordering::Relaxed));
@@ -131,7 +144,7 @@ mod tests {
         assert_eq!(view.readiness(), Ok(()));
         status.nodes.store(5000, Ordering::Relaxed);
         let health = Health::new();
-        health.set_datastore(Arc::new(view));
+        attach(&health, status.clone());
         let m = crate::metrics::render(&health);
         assert!(
             m.contains("# TYPE flannel_kube_nodes gauge\nflannel_kube_nodes 5000\n"),

@@ -167,7 +167,6 @@ pub fn render(health: &Health) -> String {
         "Packet-filter resyncs that failed.",
         s.rule_resync_failures,
     );
-    out.0.push_str(&health.datastore_metrics());
     for source in health.metrics_sources() {
         source(&mut out.0);
     }
