@@ -266,8 +266,9 @@ pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut St
 
 /// The udp datapath's families: packets and bytes per direction (`tx`:
 /// TUN to wire, `rx`: wire to TUN), drops per reason, ICMP answers written
-/// back into the TUN, run-time fallbacks, and the offload mode in use (a
-/// gauge per mode, 1 for the one in use). Nothing while no engine runs.
+/// back into the TUN, run-time fallbacks, recreations of a deleted TUN, and
+/// the offload mode in use (a gauge per mode, 1 for the one in use).
+/// Nothing while no engine runs.
 #[cfg(feature = "udp")]
 pub fn udp_families(stats: Option<flannel_backend_udp::DatapathStats>) -> String {
     let Some(s) = stats else {
@@ -325,6 +326,12 @@ pub fn udp_families(stats: Option<flannel_backend_udp::DatapathStats>) -> String
         &[("", c.fallback_events)],
     );
     family(
+        "flannel_udp_tun_recreated_total",
+        "counter",
+        "Times flannel0 was found deleted and recreated, with a restart of the udp datapath.",
+        &[("", s.tun_recreated)],
+    );
+    family(
         "flannel_udp_offload_mode",
         "gauge",
         "The udp datapath's transmit mode: 1 for the mode in use (gso: TUN offload with UDP GSO/GRO; batch: plain batching).",
@@ -347,10 +354,12 @@ mod tests {
             counters: Default::default(),
             mode: "batch",
             coalescing: false,
+            tun_recreated: 0,
         };
         stats.counters.tx_packets = 7;
         stats.counters.rx_bytes = 1500;
         stats.counters.drop_ttl = 2;
+        stats.tun_recreated = 1;
         let text = udp_families(Some(stats));
         for line in [
             "# TYPE flannel_udp_packets_total counter",
@@ -360,6 +369,8 @@ mod tests {
             "flannel_udp_drops_total{reason=\"no_peer\"} 0",
             "flannel_udp_offload_mode{mode=\"gso\"} 0",
             "flannel_udp_offload_mode{mode=\"batch\"} 1",
+            "# TYPE flannel_udp_tun_recreated_total counter",
+            "flannel_udp_tun_recreated_total 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
