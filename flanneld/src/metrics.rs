@@ -174,8 +174,9 @@ pub fn render(health: &Health) -> String {
 }
 
 /// The wireguard backend's families: the implementation in use (and
-/// whether it was a fallback from kernel WireGuard), and per peer the last
-/// handshake and byte counters.
+/// whether it was a fallback from kernel WireGuard), per device the peers
+/// and the recreations after a deletion, and per peer the last handshake
+/// and byte counters.
 #[cfg(feature = "wireguard")]
 pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut String) {
     let mut e = Exposition(std::mem::take(out));
@@ -197,12 +198,23 @@ pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut St
     let mut handshakes = String::new();
     let mut rx = String::new();
     let mut tx = String::new();
+    let mut recreated = String::new();
     for (dev, st) in &state.devices {
         let _ = writeln!(
             peers,
             "flannel_wireguard_peers{{device=\"{}\"}} {}",
             label_value(dev),
             st.peers.len()
+        );
+        let times = state
+            .recreated
+            .iter()
+            .find(|(n, _)| n == dev)
+            .map_or(0, |(_, k)| *k);
+        let _ = writeln!(
+            recreated,
+            "flannel_wireguard_device_recreated_total{{device=\"{}\"}} {times}",
+            label_value(dev)
         );
         for p in &st.peers {
             let labels = format!(
@@ -256,6 +268,12 @@ pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut St
             "counter",
             "Bytes sent to the peer.",
             tx,
+        ),
+        (
+            "flannel_wireguard_device_recreated_total",
+            "counter",
+            "Times the device was found deleted and recreated.",
+            recreated,
         ),
     ] {
         let _ = writeln!(e.0, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -21,7 +21,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, PREFIX, env_value, http_get, wait_until,
+    Backing, CONVERGE, Cluster, PREFIX, Pinger, env_value, http_get, metric_value, ping_counts,
+    wait_until,
 };
 
 const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
@@ -474,6 +475,8 @@ fn userspace_three_hosts_etcd() {
     // The resync (10 s) puts the configured peer back.
     ping_ok(&c, 0, 1, Duration::from_secs(25)).expect("the resync restores the peer after wg set");
 
+    recreates_a_deleted_device(&mut c, &subnets[0]);
+
     // Restart: the key file is reused, so the lease keeps its public key.
     let before = c.etcd_leases();
     c.daemon(0).terminate(Duration::from_secs(10));
@@ -494,6 +497,82 @@ fn userspace_three_hosts_etcd() {
     );
     ping_ok(&c, 0, 1, CONVERGE).expect("pods talk after the restart");
     ping_ok(&c, 2, 0, CONVERGE).expect("pods talk after the restart");
+}
+
+/// `ip link del flannel-wg` on host 1 while its pod pings host 2's: the
+/// device comes back on its own with its address and route, a ping
+/// crosses again within 15 s, the peers (kept in the userspace core) are
+/// still there, and `/metrics` counts the recreation.
+fn recreates_a_deleted_device(c: &mut Cluster, subnet: &str) {
+    let old_index = c.ifindex(0, "flannel-wg");
+    let dst = IpAddr::V4(c.pod(1).v4);
+    let out = c.dir.path().join("ping-del.out");
+    let pinger = Pinger::start(&c.pod(0).ns, dst, &out);
+    thread::sleep(Duration::from_millis(500));
+    c.ip(0, &["link", "del", "flannel-wg"]);
+    let (_, back) = wait_until(Duration::from_secs(15), || {
+        let route = c.route_to(0, "10.244.0.0/16").unwrap_or_default();
+        if route != "10.244.0.0/16 dev flannel-wg scope link" {
+            return Err(format!("no network route yet: {}", c.routes(0, false)));
+        }
+        c.pod(0)
+            .ns
+            .exec(&["ping", "-c", "1", "-W", "1", "-q", &dst.to_string()])
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "flannel-wg was not recreated after its deletion: {e}\n{}",
+            c.log_tail(0, 30)
+        )
+    });
+    thread::sleep(Duration::from_millis(500));
+    let output = pinger.stop();
+    let (sent, received) =
+        ping_counts(&output).unwrap_or_else(|| panic!("no ping statistics in: {output}"));
+    eprintln!(
+        "flannel-wg deleted under a 10/s ping: traffic back {back:?} after the deletion ({} of {sent} lost)",
+        sent - received
+    );
+    assert!(
+        c.daemon(0).exited().is_none(),
+        "flanneld exited after flannel-wg was deleted:\n{}",
+        c.log_tail(0, 30)
+    );
+    assert_ne!(
+        c.ifindex(0, "flannel-wg"),
+        old_index,
+        "flannel-wg is a new device"
+    );
+    let addrs = c.ip(0, &["-4", "-o", "addr", "show", "dev", "flannel-wg"]);
+    let own = format!("inet {}/32 ", subnet.trim_end_matches("/24"));
+    assert!(
+        addrs.contains(&own) && addrs.matches(" inet ").count() == 1,
+        "flannel-wg addresses after the recreation: {addrs}"
+    );
+    let log = c.log(0);
+    assert_eq!(
+        log.matches(
+            "flannel-wg was deleted; recreated it and restarted the userspace WireGuard datapath"
+        )
+        .count(),
+        1,
+        "the recreation is logged once:\n{}",
+        c.log_tail(0, 30)
+    );
+    let peers_now = peers(&wg(c, 0, "show flannel-wg dump"));
+    assert_eq!(peers_now.len(), 2, "the peers are kept: {peers_now:?}");
+    let (_, body) =
+        http_get(c.host(0), "127.0.0.1:8471".parse().unwrap(), "/metrics").expect("GET /metrics");
+    assert_eq!(
+        metric_value(
+            &body,
+            "flannel_wireguard_device_recreated_total{device=\"flannel-wg\"}"
+        ),
+        Some(1.0),
+        "/metrics:\n{body}"
+    );
 }
 
 /// The IPv6 subnet (`fd00:244:0:X::/64`) of a dual-stack subnet.env.
