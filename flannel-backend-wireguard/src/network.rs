@@ -7,7 +7,7 @@ use crate::keys::{self, Key};
 use crate::metrics::WgMetrics;
 use crate::options::{IMPLEMENTATION_ENV, Implementation, Mode, TYPE, WireguardOptions};
 use crate::peers::{DeviceRole, LocalAddrs, PeerConfig, Skip, WgLeaseData, desired_peers};
-use crate::userspace::UserspaceDevice;
+use crate::userspace::{SocketFamily, UserspaceDevice};
 use flannel_core::backend::{
     BackendError, Driver, Network, RegisterContext, ResyncTrigger, follow_renewal,
 };
@@ -222,9 +222,15 @@ impl WireguardNetwork {
                     Err(e) => return Err(dp(format!("wireguard device {name}"), e)),
                 }
             }
-            let v6_socket = matches!(role, DeviceRole::V6 | DeviceRole::Single(Mode::Ipv6));
+            let family = match role {
+                DeviceRole::V4 | DeviceRole::Single(Mode::Ipv4) => SocketFamily::V4,
+                DeviceRole::V6 | DeviceRole::Single(Mode::Ipv6) => SocketFamily::V6,
+                // Go's `auto`: one device, each peer's endpoint of either
+                // family.
+                DeviceRole::Single(_) => SocketFamily::Dual,
+            };
             let opened =
-                crate::userspace::open(&ops, name, mtu, &private_key, port, v6_socket, ctx.host)
+                crate::userspace::open(&ops, name, mtu, &private_key, port, family, ctx.host)
                     .await?;
             devices.push(Device {
                 role,

@@ -585,10 +585,11 @@ fn subnet6_of(env: &str) -> String {
     format!("{}/{len}", std::net::Ipv6Addr::from(u128::from(ip) & mask))
 }
 
-/// Dual stack in Go's `separate` and `ipv6` modes (userspace): the devices,
-/// peers and endpoints Go configures, and pods reaching each other over
-/// both families. (`auto` and `ipv4` differ from these only in the endpoint
-/// chosen, covered by the unit tests of `peers`.)
+/// Dual stack in Go's `separate`, `ipv6` and `auto` modes (userspace): the
+/// devices, peers and endpoints Go configures, pods reaching each other
+/// over both families, and in `auto` an IPv6 endpoint working on the same
+/// device as IPv4 ones. (`ipv4` differs only in the endpoint chosen,
+/// covered by the unit tests of `peers`.)
 #[test]
 fn dual_stack_modes() {
     let ds = |mode: &str| {
@@ -596,7 +597,7 @@ fn dual_stack_modes() {
             r#"{{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:244::/56", "Backend": {{"Type": "wireguard", "Mode": "{mode}"}}}}"#
         )
     };
-    for (mode, tag) in [("separate", "wgsep"), ("ipv6", "wgip6")] {
+    for (mode, tag) in [("separate", "wgsep"), ("ipv6", "wgip6"), ("auto", "wgaut")] {
         let config = ds(mode);
         let mut c = Cluster::new(FLANNELD, tag, 2, true, Backing::Etcd, &config);
         for i in 0..2 {
@@ -617,7 +618,10 @@ fn dual_stack_modes() {
         let s4: Vec<String> = envs.iter().map(|e| subnet_of(e)).collect();
         let s6: Vec<String> = envs.iter().map(|e| subnet6_of(e)).collect();
         let pubs: Vec<String> = (0..2).map(|i| public_key(&c, i)).collect();
-        let v6 = |i: usize| c.topo.host(i).ipv6.expect("IPv6 host address");
+        let v6s: Vec<std::net::Ipv6Addr> = (0..2)
+            .map(|i| c.topo.host(i).ipv6.expect("IPv6 host address"))
+            .collect();
+        let v6 = |i: usize| v6s[i];
         // The lease as Go writes it: IPv6 data with ListenPortV6 in both modes.
         let leases = c.etcd_leases();
         for i in 0..2 {
@@ -653,12 +657,15 @@ fn dual_stack_modes() {
                     ("flannel-wg-v6", format!("[{}]:51821", v6(j)), s6[j].clone()),
                 ]
             } else {
-                // One device: both subnets, the IPv6 endpoint on ListenPort.
-                vec![(
-                    "flannel-wg",
-                    format!("[{}]:51820", v6(j)),
-                    format!("{},{}", s4[j], s6[j]),
-                )]
+                // One device: both subnets, on ListenPort; `ipv6` takes the
+                // IPv6 endpoint, `auto` the IPv4 one here (Go's choice when
+                // both addresses are private).
+                let ep = if mode == "ipv6" {
+                    format!("[{}]:51820", v6(j))
+                } else {
+                    format!("{}:51820", c.host_ip(j))
+                };
+                vec![("flannel-wg", ep, format!("{},{}", s4[j], s6[j]))]
             };
             for (dev, ep, allowed) in wants {
                 let dump = wg(&c, i, &format!("show {dev} dump"));
@@ -693,6 +700,31 @@ fn dual_stack_modes() {
             c.add_pod(i);
         }
         c.ping_all_pairs(true);
+        if mode == "auto" {
+            // `auto`'s one socket is dual-stack, as Go's kernel device: a
+            // peer reached at its IPv6 endpoint works too. Host 2 sees host
+            // 1's packets arrive from its IPv6 address (and roams to it),
+            // until a resync puts the configured endpoints back.
+            let want = format!("[{}]:51820", v6(0));
+            wait_until(Duration::from_secs(10), || {
+                wg(
+                    &c,
+                    0,
+                    &format!("set flannel-wg peer {} endpoint [{}]:51820", pubs[1], v6(1)),
+                );
+                ping_ok(&c, 0, 1, Duration::from_secs(2))?;
+                let eps = wg(&c, 1, "show flannel-wg endpoints");
+                eps.contains(&want)
+                    .then_some(())
+                    .ok_or_else(|| format!("host 2's endpoint of host 1: {eps}"))
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "auto: traffic over an IPv6 endpoint: {e}\n{}",
+                    c.log_tail(0, 20)
+                )
+            });
+        }
     }
 }
 
@@ -897,5 +929,37 @@ mod in_vm {
         }
         ping_ok(&c, 0, 1, SLOW).expect("pods talk after the restart");
         ping_ok(&c, 0, 2, SLOW).expect("pods talk after the restart");
+
+        // `ip link del flannel-wg` on the kernel host: the device comes back
+        // with the same key and port, its address, route and peers (which
+        // handshake again), and pods talk again.
+        c.ip(0, &["link", "del", "flannel-wg"]);
+        wait_until(SLOW, || {
+            let route = c.route_to(0, "10.244.0.0/16").unwrap_or_default();
+            (route == "10.244.0.0/16 dev flannel-wg scope link")
+                .then_some(())
+                .ok_or_else(|| format!("no network route yet: {}", c.routes(0, false)))
+        })
+        .unwrap_or_else(|e| panic!("flannel-wg not recreated: {e}\n{}", c.log_tail(0, 20)));
+        let link = c.ip(0, &["-d", "link", "show", "flannel-wg"]);
+        assert!(link.contains("wireguard"), "a kernel device again: {link}");
+        assert_ne!(c.ifindex(0, "flannel-wg"), index, "a new device");
+        ping_ok(&c, 0, 1, SLOW).expect("pods talk after the recreation");
+        ping_ok(&c, 2, 0, SLOW).expect("pods talk after the recreation");
+        let dump = sh(&c, 0, "wg show flannel-wg dump");
+        let header: Vec<&str> = dump.lines().next().unwrap().split('\t').collect();
+        assert_eq!(
+            (header[1], header[2]),
+            (pubs[0].as_str(), "51820"),
+            "same key and port after the recreation\n{dump}"
+        );
+        assert_eq!(peers(&dump).len(), 2, "the peers are back\n{dump}");
+        assert!(
+            c.log(0).contains(
+                "flannel-wg was deleted; recreated it with the same private key and listen port"
+            ),
+            "{}",
+            c.log_tail(0, 20)
+        );
     }
 }

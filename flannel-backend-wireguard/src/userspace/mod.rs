@@ -43,10 +43,11 @@ struct Datapath {
     engine: Option<EngineHandle>,
 }
 
-/// The TUN and the socket address of a device's engine.
+/// The TUN and the socket of a device's engine.
 struct DatapathSpec {
     tun: TunConfig,
     bind: SocketAddr,
+    family: SocketFamily,
 }
 
 impl UserspaceDevice {
@@ -70,7 +71,7 @@ impl UserspaceDevice {
     fn start_engine(&self, spec: &DatapathSpec) -> Result<EngineHandle, BackendError> {
         let name = &self.name;
         let tun = open_tun(&spec.tun).map_err(|e| dp(format!("TUN {name}"), e))?;
-        let socket = bind_socket(spec.bind)?;
+        let socket = bind_socket(spec.bind, spec.family)?;
         let opts = EngineOptions {
             mode: (!spec.tun.offload).then_some(OffloadMode::Batch),
             ..EngineOptions::default()
@@ -204,8 +205,21 @@ impl Drop for SocketFile {
     }
 }
 
+/// The address family of a userspace device's UDP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketFamily {
+    /// `0.0.0.0:<port>`: IPv4 endpoints only.
+    V4,
+    /// `[::]:<port>`: IPv6 endpoints.
+    V6,
+    /// `[::]:<port>` with `IPV6_V6ONLY` off, whatever the host's
+    /// `net.ipv6.bindv6only`: endpoints of both families (IPv4 ones as
+    /// `::ffff:a.b.c.d`), for the single device of `auto` mode.
+    Dual,
+}
+
 /// Opens the userspace device `name`: the TUN (replacing a link of another
-/// kind), the UDP socket on `port` (IPv6 for `v6`), the engine, and the
+/// kind), the UDP socket on `port` (of `family`), the engine, and the
 /// UAPI socket; the returned driver serves the UAPI socket and owns the
 /// engine (dropping it stops the datapath).
 pub(crate) async fn open(
@@ -214,18 +228,17 @@ pub(crate) async fn open(
     mtu: u32,
     key: &Key,
     port: u16,
-    v6: bool,
+    family: SocketFamily,
     host: &HostContext,
 ) -> Result<Opened, BackendError> {
     clear_other_kind(ops, name).await?;
     let mut tun = TunConfig::new(name, mtu);
     tun.offload = host.env(OFFLOAD_ENV).is_none_or(|v| v != "off");
-    let bind: SocketAddr = if v6 {
-        (Ipv6Addr::UNSPECIFIED, port).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, port).into()
+    let bind: SocketAddr = match family {
+        SocketFamily::V4 => (Ipv4Addr::UNSPECIFIED, port).into(),
+        SocketFamily::V6 | SocketFamily::Dual => (Ipv6Addr::UNSPECIFIED, port).into(),
     };
-    let spec = DatapathSpec { tun, bind };
+    let spec = DatapathSpec { tun, bind, family };
     let core = Arc::new(WgCore::new());
     core.configure(key, port);
     let device = Arc::new(UserspaceDevice::new(name, core, PeerTableHandle::new()));
@@ -326,8 +339,16 @@ impl Drop for EngineStopper {
 }
 
 /// The device's UDP socket on `bind`.
-fn bind_socket(bind: SocketAddr) -> Result<UdpSocket, BackendError> {
-    UdpSocket::bind(bind).map_err(|e| dp(format!("UDP socket {bind}"), e))
+fn bind_socket(bind: SocketAddr, family: SocketFamily) -> Result<UdpSocket, BackendError> {
+    let err = |e| dp(format!("UDP socket {bind}"), e);
+    if family != SocketFamily::Dual {
+        return UdpSocket::bind(bind).map_err(err);
+    }
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    socket.set_only_v6(false).map_err(err)?;
+    socket.bind(&bind.into()).map_err(err)?;
+    Ok(socket.into())
 }
 
 /// One UAPI connection: requests end with an empty line; each gets its
