@@ -12,7 +12,7 @@ use flannel_core::ip::Ip4Net;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::reconcile::Reconciler;
 use flannel_netlink::sets::RouteSet;
-use flannel_netlink::{Family, LinkEvent, Route, SharedOps, watch_links};
+use flannel_netlink::{Family, Route, SharedOps};
 use flannel_tun::{
     Engine, EngineHandle, EngineOptions, OffloadMode, Peer, PeerTableHandle, Tun, TunConfig,
 };
@@ -476,23 +476,7 @@ impl Network for UdpNetwork {
     /// device: resync at once (which recreates it) rather than at the next
     /// periodic resync.
     fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
-        let (events, conn) = match watch_links() {
-            Ok(w) => w,
-            Err(e) => {
-                warn!("cannot watch links; relying on the periodic resync: {e}");
-                return None;
-            }
-        };
-        let damage = events.filter_map(|ev| {
-            let hit = match ev {
-                LinkEvent::Del { name, .. } => name == TUN_NAME,
-                LinkEvent::New(link) => link.name == TUN_NAME && !link.up,
-            };
-            std::future::ready(hit.then_some(()))
-        });
-        // The socket's connection future is polled as part of the stream.
-        let conn = futures_util::stream::once(conn).filter_map(|()| std::future::ready(None));
-        Some(Box::pin(futures_util::stream::select(damage, conn)))
+        flannel_netlink::device_damage_trigger(vec![TUN_NAME.to_string()])
     }
 
     /// The engine runs on threads of its own; the driver only watches

@@ -15,8 +15,7 @@ use flannel_core::event::{EventKind, LeaseEvent};
 use flannel_core::ip::{Ip4Net, Ip6Net};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::reconcile::Reconciler;
-use flannel_netlink::{LinkEvent, RT_SCOPE_LINK, Route, SharedOps, watch_links};
-use futures_util::StreamExt;
+use flannel_netlink::{RT_SCOPE_LINK, Route, SharedOps};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -605,24 +604,9 @@ impl Network for WireguardNetwork {
     /// engine on a dead TUN): resync at once, which recreates it, rather
     /// than at the next periodic resync.
     fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
-        let (events, conn) = match watch_links() {
-            Ok(w) => w,
-            Err(e) => {
-                warn!("cannot watch links; relying on the periodic resync: {e}");
-                return None;
-            }
-        };
-        let names: Vec<&'static str> = self.devices.iter().map(|d| d.name()).collect();
-        let damage = events.filter_map(move |ev| {
-            let hit = match ev {
-                LinkEvent::Del { name, .. } => names.contains(&name.as_str()),
-                LinkEvent::New(link) => names.contains(&link.name.as_str()) && !link.up,
-            };
-            std::future::ready(hit.then_some(()))
-        });
-        // The socket's connection future is polled as part of the stream.
-        let conn = futures_util::stream::once(conn).filter_map(|()| std::future::ready(None));
-        Some(Box::pin(futures_util::stream::select(damage, conn)))
+        flannel_netlink::device_damage_trigger(
+            self.devices.iter().map(|d| d.name().to_string()).collect(),
+        )
     }
 
     fn resync_interval(&self) -> Option<Duration> {
