@@ -10,8 +10,12 @@
 //!   are honoured; the VTEP MAC is read back from `backend-data` so vxlan
 //!   keeps it across restarts.
 //! - **Peers**: a watch over every Node ([`watch`]), converted like Go's
-//!   `nodeToLease`; a node that cannot be converted is skipped, never the
-//!   others. Disabled for the `alloc` backend, as in Go.
+//!   `nodeToLease` in the families of our own lease
+//!   ([`KubeSubnetManager::peer_families`]); a node that cannot be
+//!   converted is skipped, never the others. Nodes are parsed as
+//!   [`SlimNode`] and not kept: per node the watch keeps the values the
+//!   update filter compares and the key of its last lease. Disabled for the
+//!   `alloc` backend, as in Go.
 //! - **Ready**: [`SubnetManager::complete_lease`] sets the node's
 //!   `NetworkUnavailable` condition to `False` (reason `FlannelIsUp`) unless
 //!   that is turned off.
@@ -22,10 +26,11 @@
 //! CA under [`SERVICE_ACCOUNT_DIR`]). The node is `NODE_NAME`, or the node
 //! of the pod `POD_NAMESPACE/POD_NAME`. See [`KubeOptions`].
 //!
-//! One deliberate difference from Go: the stored VTEP MAC is read from the
+//! Two deliberate differences from Go: the stored VTEP MAC is read from the
 //! *normalised* annotation name, so it survives restarts with a custom
 //! prefix too (Go builds `<raw prefix>/backend-data`, which only matches
-//! prefixes without a `/`).
+//! prefixes without a `/`); and peers are read in our own lease's families
+//! (see [`KubeSubnetManager::peer_families`] for what Go does instead).
 //!
 //! ```no_run
 //! use flannel_core::SubnetManager;

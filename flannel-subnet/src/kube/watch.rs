@@ -8,9 +8,12 @@
 //!   removed and nothing is lost across an API server restart.
 //! - Added nodes and deleted nodes with `kube-subnet-manager: "true"` are
 //!   `Added`/`Removed` events; an updated node is an event only when Go's
-//!   update filter ([`update_changed`]) says so.
+//!   update filter ([`update_changed`](super::update_changed)) says so.
 //! - A node that cannot be converted ([`node_to_lease`]) is skipped with a
 //!   log line; the other nodes are unaffected.
+//! - Nodes arrive as [`SlimNode`]s and are not kept: per node only the
+//!   packed values of the update filter and the key of the last lease
+//!   delivered (a re-list builds its snapshot from the list itself).
 //! - Events ready at the same time are delivered together, up to
 //!   `EVENT_QUEUE_DEPTH` per batch.
 //! - Watch errors are yielded (the runner logs them, rate-limited) after a
