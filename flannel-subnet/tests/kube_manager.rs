@@ -629,18 +629,21 @@ async fn every_call_is_allowed_by_the_cluster_role() {
     );
 }
 
-/// Dual-stack net-conf with an IPv4-only backend (udp): Go forces our own
-/// lease to IPv4, and peers are read in the same families, so no peer lease
-/// has an IPv6 part, a peer published by udp (no `public-ipv6`) is not
-/// skipped, and an IPv6-only annotation change is no event.
+/// Dual-stack net-conf with a backend Go keeps to IPv4 (tencent-vpc, which
+/// accepts such a net-conf; udp, ipip and ipsec refuse it when they
+/// register): Go forces our own lease to IPv4, and peers are read in the
+/// same families, so no peer lease has an IPv6 part, a peer published by
+/// such a backend (no `public-ipv6`) is not skipped, and an IPv6-only
+/// annotation change is no event.
 #[tokio::test]
 async fn ipv4_only_backend_in_dual_stack_reads_peers_in_ipv4() {
     let s = Setup::token();
-    let dual_udp = r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","EnableIPv6":true,"Backend":{"Type":"udp"}}"#;
+    let dual_v4_backend = r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","EnableIPv6":true,"Backend":{"Type":"tencent-vpc"}}"#;
     s.api
         .add_node_with_pod_cidrs("u1", &["10.244.1.0/24", "fd00:10:244:1::/64"], &[]);
-    // As a udp flanneld publishes itself: type "", data null, no IPv6.
-    let udp_peer = |name: &str, cidrs: &[&str], ip: &str, extra: &[(&str, &str)]| {
+    // As a tencent-vpc (or udp) flanneld publishes itself: type "", data
+    // null, no IPv6.
+    let v4_peer = |name: &str, cidrs: &[&str], ip: &str, extra: &[(&str, &str)]| {
         let mut ann: Vec<(String, String)> = vec![
             (format!("{P}kube-subnet-manager"), "true".into()),
             (format!("{P}backend-type"), String::new()),
@@ -655,20 +658,20 @@ async fn ipv4_only_backend_in_dual_stack_reads_peers_in_ipv4() {
         let refs: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         s.api.add_node_with_pod_cidrs(name, cidrs, &refs);
     };
-    udp_peer(
+    v4_peer(
         "u2",
         &["10.244.2.0/24", "fd00:10:244:2::/64"],
         "192.168.50.2",
         &[],
     );
     // IPv6 annotations left over (an earlier vxlan run): still IPv4 only.
-    udp_peer(
+    v4_peer(
         "u3",
         &["10.244.3.0/24", "fd00:10:244:3::/64"],
         "192.168.50.3",
         &[("public-ipv6", "fd00::3"), ("backend-v6-data", "null")],
     );
-    let m = s.connect(dual_udp, "u1").await;
+    let m = s.connect(dual_v4_backend, "u1").await;
     assert_eq!(m.peer_families(), (true, false));
 
     let attrs = LeaseAttrs {
@@ -685,7 +688,7 @@ async fn ipv4_only_backend_in_dual_stack_reads_peers_in_ipv4() {
     assert_eq!(
         s.annotation("u1", "public-ipv6"),
         None,
-        "udp writes no IPv6"
+        "no IPv6 annotations for this backend"
     );
     assert_eq!(s.annotation("u1", "backend-v6-data"), None);
 
@@ -711,13 +714,13 @@ async fn ipv4_only_backend_in_dual_stack_reads_peers_in_ipv4() {
 
     // An IPv6-only change is no event; the IPv4 change after it is the next
     // delivery (Go's dual-stack filter would have hidden it).
-    udp_peer(
+    v4_peer(
         "u3",
         &["10.244.3.0/24", "fd00:10:244:3::/64"],
         "192.168.50.3",
         &[("public-ipv6", "fd00::33"), ("backend-v6-data", "null")],
     );
-    udp_peer(
+    v4_peer(
         "u3",
         &["10.244.3.0/24", "fd00:10:244:3::/64"],
         "192.168.50.33",
@@ -736,7 +739,7 @@ async fn ipv4_only_backend_in_dual_stack_reads_peers_in_ipv4() {
     // A dual-stack backend reads peers in both families, as before.
     let m = s
         .connect(
-            &dual_udp.replace(r#""Type":"udp""#, r#""Type":"vxlan""#),
+            &dual_v4_backend.replace(r#""Type":"tencent-vpc""#, r#""Type":"vxlan""#),
             "u1",
         )
         .await;

@@ -553,13 +553,15 @@ impl KubeSubnetManager {
     /// lease lacks.
     ///
     /// Go reads peers in both configured families whatever the backend. A
-    /// peer running an IPv4-only backend (udp, ipip, ipsec, extension) has
-    /// no `public-ipv6` annotation (Go writes the IPv6 block only for vxlan,
-    /// host-gw, wireguard and extension with an IPv6 address), so with a
-    /// dual-stack net-conf Go skips every such peer (`Error turning node ...
-    /// to lease: invalid IP address format`) and programs no route to it;
-    /// where a peer does carry IPv6 annotations the IPv4-only backend uses
-    /// the IPv4 part only. Reading peers in the own lease's families gives
+    /// peer running a backend whose lease is forced to IPv4 (udp,
+    /// tencent-vpc, ipip, ipsec) has no `public-ipv6` annotation (Go writes
+    /// the IPv6 block only for vxlan, host-gw, wireguard and extension with
+    /// an IPv6 address), so with a dual-stack net-conf Go skips every such
+    /// peer (`Error turning node ... to lease: invalid IP address format`)
+    /// and its backend never hears of it; where a peer does carry IPv6
+    /// annotations, Go's IPv4-only backends use the IPv4 part only. (Of our
+    /// backends, udp, ipip and ipsec refuse a dual-stack net-conf when they
+    /// register; tencent-vpc accepts it.) Reading peers in the own lease's families gives
     /// those backends their IPv4 routes, keeps the update filter on the
     /// IPv4 annotations only (in Go's dual-stack filter an unchanged IPv6
     /// part hides an IPv4 change) and keeps our own node's lease key equal
