@@ -628,3 +628,120 @@ async fn every_call_is_allowed_by_the_cluster_role() {
         ]
     );
 }
+
+/// Dual-stack net-conf with a backend Go keeps to IPv4 (tencent-vpc, which
+/// accepts such a net-conf; udp, ipip and ipsec refuse it when they
+/// register): Go forces our own lease to IPv4, and peers are read in the
+/// same families, so no peer lease has an IPv6 part, a peer published by
+/// such a backend (no `public-ipv6`) is not skipped, and an IPv6-only
+/// annotation change is no event.
+#[tokio::test]
+async fn ipv4_only_backend_in_dual_stack_reads_peers_in_ipv4() {
+    let s = Setup::token();
+    let dual_v4_backend = r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","EnableIPv6":true,"Backend":{"Type":"tencent-vpc"}}"#;
+    s.api
+        .add_node_with_pod_cidrs("u1", &["10.244.1.0/24", "fd00:10:244:1::/64"], &[]);
+    // As a tencent-vpc (or udp) flanneld publishes itself: type "", data
+    // null, no IPv6.
+    let v4_peer = |name: &str, cidrs: &[&str], ip: &str, extra: &[(&str, &str)]| {
+        let mut ann: Vec<(String, String)> = vec![
+            (format!("{P}kube-subnet-manager"), "true".into()),
+            (format!("{P}backend-type"), String::new()),
+            (format!("{P}backend-data"), "null".into()),
+            (format!("{P}public-ip"), ip.into()),
+        ];
+        ann.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (format!("{P}{k}"), v.to_string())),
+        );
+        let refs: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        s.api.add_node_with_pod_cidrs(name, cidrs, &refs);
+    };
+    v4_peer(
+        "u2",
+        &["10.244.2.0/24", "fd00:10:244:2::/64"],
+        "192.168.50.2",
+        &[],
+    );
+    // IPv6 annotations left over (an earlier vxlan run): still IPv4 only.
+    v4_peer(
+        "u3",
+        &["10.244.3.0/24", "fd00:10:244:3::/64"],
+        "192.168.50.3",
+        &[("public-ipv6", "fd00::3"), ("backend-v6-data", "null")],
+    );
+    let m = s.connect(dual_v4_backend, "u1").await;
+    assert_eq!(m.peer_families(), (true, false));
+
+    let attrs = LeaseAttrs {
+        public_ipv6: Some("fd00::1".parse().unwrap()),
+        ..LeaseAttrs::new([192, 168, 50, 1].into())
+    };
+    let own = m.acquire_lease(&AcquireRequest::new(attrs)).await.unwrap();
+    assert_eq!(own.key().to_string(), "10.244.1.0-24", "forced to IPv4");
+    assert_eq!(s.annotation("u1", "backend-type").as_deref(), Some(""));
+    assert_eq!(
+        s.annotation("u1", "public-ip").as_deref(),
+        Some("192.168.50.1")
+    );
+    assert_eq!(
+        s.annotation("u1", "public-ipv6"),
+        None,
+        "no IPv6 annotations for this backend"
+    );
+    assert_eq!(s.annotation("u1", "backend-v6-data"), None);
+
+    let mut w = m.watch_leases().await.unwrap();
+    let first = next(&mut w).await;
+    // Our own node's lease has our own lease's key (so the runner filters
+    // it out), and every peer is there.
+    assert_eq!(
+        snapshot_keys(&first),
+        ["10.244.1.0-24", "10.244.2.0-24", "10.244.3.0-24"]
+    );
+    if let LeaseWatchResult::Snapshot(ls) = &first {
+        for l in ls {
+            assert_eq!((l.ipv6_subnet, l.attrs.public_ipv6), (None, None), "{l:?}");
+        }
+    }
+    assert_eq!(
+        m.status()
+            .skipped_nodes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // An IPv6-only change is no event; the IPv4 change after it is the next
+    // delivery (Go's dual-stack filter would have hidden it).
+    v4_peer(
+        "u3",
+        &["10.244.3.0/24", "fd00:10:244:3::/64"],
+        "192.168.50.3",
+        &[("public-ipv6", "fd00::33"), ("backend-v6-data", "null")],
+    );
+    v4_peer(
+        "u3",
+        &["10.244.3.0/24", "fd00:10:244:3::/64"],
+        "192.168.50.33",
+        &[("public-ipv6", "fd00::33"), ("backend-v6-data", "null")],
+    );
+    let r = next_change(&mut w).await;
+    assert_eq!(
+        events(&r),
+        [(EventKind::Added, "10.244.3.0-24".to_string())]
+    );
+    if let LeaseWatchResult::Events(es) = &r {
+        assert_eq!(es[0].lease.attrs.public_ip.to_string(), "192.168.50.33");
+        assert_eq!(es[0].lease.ipv6_subnet, None);
+    }
+
+    // A dual-stack backend reads peers in both families, as before.
+    let m = s
+        .connect(
+            &dual_v4_backend.replace(r#""Type":"tencent-vpc""#, r#""Type":"vxlan""#),
+            "u1",
+        )
+        .await;
+    assert_eq!(m.peer_families(), (true, true));
+}

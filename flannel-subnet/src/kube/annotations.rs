@@ -342,6 +342,74 @@ pub fn update_changed(old: &Relevant, new: &Relevant, ipv4: bool, ipv6: bool) ->
     changed
 }
 
+/// What [`update_changed`] compares, packed to be kept per node by the
+/// watch: for each enabled family its three values (data, type, public
+/// address), each written as a little-endian `u32` length and the bytes, so
+/// two packs are equal exactly when the values are. A missing annotation
+/// packs like an empty one (Go reads annotations from a map), and three
+/// empty values pack to nothing, so a node without flannel's annotations
+/// costs no allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Compared {
+    v4: Box<[u8]>,
+    v6: Box<[u8]>,
+}
+
+fn pack(values: [&str; 3]) -> Box<[u8]> {
+    if values.iter().all(|v| v.is_empty()) {
+        return Box::default();
+    }
+    let mut out = Vec::with_capacity(12 + values.iter().map(|v| v.len()).sum::<usize>());
+    for v in values {
+        // Annotation values are far below 4 GiB (the API server caps all of
+        // a node's annotations at 256 KiB).
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.into_boxed_slice()
+}
+
+impl Compared {
+    /// The values of `a` that Go's filter compares in the enabled families.
+    pub(crate) fn of(names: &Annotations, a: &NodeAnnotations, ipv4: bool, ipv6: bool) -> Self {
+        let ty = get(a, &names.backend_type);
+        Compared {
+            v4: if ipv4 {
+                pack([get(a, &names.backend_data), ty, get(a, &names.public_ip)])
+            } else {
+                Box::default()
+            },
+            v6: if ipv6 {
+                pack([
+                    get(a, &names.backend_v6_data),
+                    ty,
+                    get(a, &names.public_ipv6),
+                ])
+            } else {
+                Box::default()
+            },
+        }
+    }
+
+    /// The bytes the pack holds on the heap.
+    #[cfg(test)]
+    pub(crate) fn heap_len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    /// [`update_changed`] over packs made with the same families.
+    pub(crate) fn changed(&self, new: &Compared, ipv4: bool, ipv6: bool) -> bool {
+        let mut changed = true;
+        if ipv4 && self.v4 == new.v4 {
+            changed = false;
+        }
+        if ipv6 && self.v6 == new.v6 {
+            changed = false;
+        }
+        changed
+    }
+}
+
 /// The VTEP MAC in a `backend-data` annotation, read as Go's
 /// `GetStoredMacAddresses` does: `"` and `}` trimmed from both ends, split
 /// on `:"`, and the second part taken when there are exactly two.
@@ -611,6 +679,61 @@ mod tests {
         ));
         // Neither family enabled: everything is a change (Go's initial true).
         assert!(update_changed(&base, &base.clone(), false, false));
+    }
+
+    /// A node's annotations holding the given compared values (`None`:
+    /// the annotation is absent).
+    fn annotated(names: &Annotations, values: &[Option<String>; 5]) -> NodeAnnotations {
+        let keys = [
+            &names.backend_data,
+            &names.backend_type,
+            &names.public_ip,
+            &names.backend_v6_data,
+            &names.public_ipv6,
+        ];
+        keys.iter()
+            .zip(values)
+            .filter_map(|(k, v)| Some(((*k).clone(), v.clone()?)))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// The packed form the watch keeps per node decides exactly as
+        /// `update_changed` over the full values, in every stack.
+        #[test]
+        fn packed_filter_agrees_with_update_changed(
+            old in proptest::array::uniform5(proptest::option::of("|a|ab|\\x00|\\x00\\x00\\x00\\x00")),
+            new in proptest::array::uniform5(proptest::option::of("|a|ab|\\x00|\\x00\\x00\\x00\\x00")),
+        ) {
+            let names = Annotations::new(DEFAULT_PREFIX).unwrap();
+            let (a, b) = (annotated(&names, &old), annotated(&names, &new));
+            for (v4, v6) in [(true, false), (false, true), (true, true), (false, false)] {
+                let want = update_changed(&Relevant::of(&names, &a), &Relevant::of(&names, &b), v4, v6);
+                let got = Compared::of(&names, &a, v4, v6).changed(&Compared::of(&names, &b, v4, v6), v4, v6);
+                proptest::prop_assert_eq!(got, want, "v4 {} v6 {}", v4, v6);
+            }
+        }
+    }
+
+    #[test]
+    fn packed_filter_allocates_nothing_without_annotations() {
+        let names = Annotations::new(DEFAULT_PREFIX).unwrap();
+        let c = Compared::of(&names, &NodeAnnotations::new(), true, true);
+        assert_eq!((c.v4.len(), c.v6.len()), (0, 0));
+        // Values that run into each other are told apart by their lengths.
+        let one = annotated(
+            &names,
+            &[Some("ab".into()), Some("c".into()), None, None, None],
+        );
+        let two = annotated(
+            &names,
+            &[Some("a".into()), Some("bc".into()), None, None, None],
+        );
+        assert!(Compared::of(&names, &one, true, false).changed(
+            &Compared::of(&names, &two, true, false),
+            true,
+            false
+        ));
     }
 
     #[test]

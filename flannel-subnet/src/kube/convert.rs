@@ -1,11 +1,11 @@
 //! Nodes to leases, as Go's `nodeToLease` and `AcquireLease` read them.
-//! Pure functions over k8s-openapi's `Node`.
+//! Pure functions over [`SlimNode`].
 
 use super::annotations::{Annotations, NodeAnnotations};
+use super::node::SlimNode;
 use flannel_core::gojson::RawJson;
 use flannel_core::ip::{Family, Ip4Net, Ip6Net, IpError, parse_cidr_go};
 use flannel_core::lease::{Lease, LeaseAttrs};
-use k8s_openapi::api::core::v1::Node;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A node that cannot be turned into a lease; the text is Go's.
@@ -20,28 +20,22 @@ impl From<IpError> for NodeError {
 }
 
 /// The node's name (empty when it has none).
-pub fn node_name(node: &Node) -> &str {
-    node.metadata.name.as_deref().unwrap_or("")
+pub fn node_name(node: &SlimNode) -> &str {
+    node.name()
 }
 
 /// The node's annotations (empty when it has none).
-pub fn node_annotations(node: &Node) -> &NodeAnnotations {
+pub fn node_annotations(node: &SlimNode) -> &NodeAnnotations {
     static EMPTY: NodeAnnotations = NodeAnnotations::new();
     node.metadata.annotations.as_ref().unwrap_or(&EMPTY)
 }
 
-fn pod_cidr(node: &Node) -> &str {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.as_deref())
-        .unwrap_or("")
+fn pod_cidr(node: &SlimNode) -> &str {
+    node.pod_cidr.as_deref().unwrap_or("")
 }
 
-fn pod_cidrs(node: &Node) -> &[String] {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.pod_cidrs.as_deref())
-        .unwrap_or(&[])
+fn pod_cidrs(node: &SlimNode) -> &[String] {
+    &node.pod_cidrs
 }
 
 /// Go's `net.ParseCIDR`, masked: an IPv4 or an IPv6 network.
@@ -83,7 +77,7 @@ fn too_many(name: &str) -> NodeError {
 /// must be set (`node "<n>" pod cidr not assigned`); with no `podCIDRs` it
 /// is the one network, else each of the one or two `podCIDRs` goes to its
 /// family; three or more are an error.
-pub fn own_pod_cidrs(node: &Node) -> Result<(Option<Ip4Net>, Option<Ip6Net>), NodeError> {
+pub fn own_pod_cidrs(node: &SlimNode) -> Result<(Option<Ip4Net>, Option<Ip6Net>), NodeError> {
     let name = node_name(node);
     if pod_cidr(node).is_empty() {
         return Err(NodeError(format!("node \"{name}\" pod cidr not assigned")));
@@ -107,7 +101,7 @@ pub fn own_pod_cidrs(node: &Node) -> Result<(Option<Ip4Net>, Option<Ip6Net>), No
 /// One family's pod network as `nodeToLease` picks it: `spec.podCIDR` when
 /// `podCIDRs` is empty, else the first entry of that family.
 fn family_cidr<T>(
-    node: &Node,
+    node: &SlimNode,
     pick: impl Fn(Net) -> Option<T>,
     family: &str,
 ) -> Result<T, NodeError> {
@@ -142,7 +136,7 @@ fn backend_data(text: Option<&String>) -> Option<RawJson> {
 /// not expire) and its `asof` is the node's resourceVersion.
 pub fn node_to_lease(
     names: &Annotations,
-    node: &Node,
+    node: &SlimNode,
     ipv4: bool,
     ipv6: bool,
 ) -> Result<Lease, NodeError> {
@@ -189,7 +183,7 @@ pub fn node_to_lease(
 
 /// The node's resourceVersion as a number (0 when it is not one; the API
 /// server's versions are opaque but numeric in practice).
-pub fn resource_version(node: &Node) -> i64 {
+pub fn resource_version(node: &SlimNode) -> i64 {
     node.metadata
         .resource_version
         .as_deref()
@@ -201,12 +195,12 @@ pub fn resource_version(node: &Node) -> i64 {
 mod tests {
     use super::*;
     use crate::kube::annotations::DEFAULT_PREFIX;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::api::core::v1::{Node, NodeSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn node(name: &str, cidr: &str, cidrs: &[&str], ann: &[(&str, &str)]) -> Node {
+    fn node(name: &str, cidr: &str, cidrs: &[&str], ann: &[(&str, &str)]) -> SlimNode {
         let p = "flannel.alpha.coreos.com/";
-        Node {
+        SlimNode::from(Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 resource_version: Some("42".into()),
@@ -224,7 +218,7 @@ mod tests {
                 ..NodeSpec::default()
             }),
             status: None,
-        }
+        })
     }
 
     fn names() -> Annotations {
@@ -310,7 +304,8 @@ mod tests {
 
     #[test]
     fn node_to_lease_errors_are_gos() {
-        let err = |n: &Node, v4, v6| node_to_lease(&names(), n, v4, v6).unwrap_err().to_string();
+        let err =
+            |n: &SlimNode, v4, v6| node_to_lease(&names(), n, v4, v6).unwrap_err().to_string();
         let n = node("bad", "10.244.1.0/24", &[], &[("public-ip", "not-an-ip")]);
         assert_eq!(err(&n, true, false), "invalid IP address format");
         let n = node("bad", "10.244.1.0/24", &[], &[]);

@@ -10,8 +10,12 @@
 //!   are honoured; the VTEP MAC is read back from `backend-data` so vxlan
 //!   keeps it across restarts.
 //! - **Peers**: a watch over every Node ([`watch`]), converted like Go's
-//!   `nodeToLease`; a node that cannot be converted is skipped, never the
-//!   others. Disabled for the `alloc` backend, as in Go.
+//!   `nodeToLease` in the families of our own lease
+//!   ([`KubeSubnetManager::peer_families`]); a node that cannot be
+//!   converted is skipped, never the others. Nodes are parsed as
+//!   [`SlimNode`] and not kept: per node the watch keeps the values the
+//!   update filter compares and the key of its last lease. Disabled for the
+//!   `alloc` backend, as in Go.
 //! - **Ready**: [`SubnetManager::complete_lease`] sets the node's
 //!   `NetworkUnavailable` condition to `False` (reason `FlannelIsUp`) unless
 //!   that is turned off.
@@ -22,10 +26,11 @@
 //! CA under [`SERVICE_ACCOUNT_DIR`]). The node is `NODE_NAME`, or the node
 //! of the pod `POD_NAMESPACE/POD_NAME`. See [`KubeOptions`].
 //!
-//! One deliberate difference from Go: the stored VTEP MAC is read from the
+//! Two deliberate differences from Go: the stored VTEP MAC is read from the
 //! *normalised* annotation name, so it survives restarts with a custom
 //! prefix too (Go builds `<raw prefix>/backend-data`, which only matches
-//! prefixes without a `/`).
+//! prefixes without a `/`); and peers are read in our own lease's families
+//! (see [`KubeSubnetManager::peer_families`] for what Go does instead).
 //!
 //! ```no_run
 //! use flannel_core::SubnetManager;
@@ -46,6 +51,7 @@
 
 mod annotations;
 mod convert;
+mod node;
 pub mod watch;
 
 pub use annotations::{
@@ -54,6 +60,7 @@ pub use annotations::{
     rfc3339_seconds, stored_mac, update_changed,
 };
 pub use convert::{NodeError, contains_cidr, node_to_lease, own_pod_cidrs};
+pub use node::SlimNode;
 
 use crate::manager::Backoff;
 use flannel_core::config::NetConfig;
@@ -63,7 +70,7 @@ use flannel_core::key::SubnetKey;
 use flannel_core::lease::Lease;
 use flannel_core::manager::{AcquireRequest, LeaseStream, ManagerError, StoredMacs, SubnetManager};
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, GetParams, ListParams, Patch, PatchParams};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -354,9 +361,17 @@ async fn client_config(o: &KubeOptions) -> Result<kube::Config, KubeError> {
         .map_err(|e| cfg_err(&e))
 }
 
+/// Whether a backend type keeps an IPv6 part in its Kubernetes lease: Go
+/// forces the lease of every backend but vxlan, host-gw and wireguard to
+/// IPv4 only (udp, alloc and tencent-vpc publish the type `""`, which is
+/// not among them either).
+pub fn dual_stack_backend(backend_type: &str) -> bool {
+    matches!(backend_type, "vxlan" | "wireguard" | "host-gw")
+}
+
 /// The Kubernetes subnet manager; see the module docs.
 pub struct KubeSubnetManager {
-    nodes: Api<Node>,
+    nodes: Api<SlimNode>,
     node_name: String,
     names: Arc<Annotations>,
     config: NetConfig,
@@ -491,7 +506,7 @@ impl KubeSubnetManager {
         }
     }
 
-    async fn get_node(&self) -> Result<Node, kube::Error> {
+    async fn get_node(&self) -> Result<SlimNode, kube::Error> {
         if self.informer {
             self.nodes.get(&self.node_name).await
         } else {
@@ -532,7 +547,33 @@ impl KubeSubnetManager {
         }
     }
 
-    fn lease_for(&self, req: &AcquireRequest, node: &Node) -> Result<Lease, ManagerError> {
+    /// The address families peers are read in: the configured ones, less
+    /// IPv6 when the backend's own lease is forced to IPv4 (see
+    /// [`dual_stack_backend`]), so a peer lease never has a family our own
+    /// lease lacks.
+    ///
+    /// Go reads peers in both configured families whatever the backend. A
+    /// peer running a backend whose lease is forced to IPv4 (udp,
+    /// tencent-vpc, ipip, ipsec) has no `public-ipv6` annotation (Go writes
+    /// the IPv6 block only for vxlan, host-gw, wireguard and extension with
+    /// an IPv6 address), so with a dual-stack net-conf Go skips every such
+    /// peer (`Error turning node ... to lease: invalid IP address format`)
+    /// and its backend never hears of it; where a peer does carry IPv6
+    /// annotations, Go's IPv4-only backends use the IPv4 part only. (Of our
+    /// backends, udp, ipip and ipsec refuse a dual-stack net-conf when they
+    /// register; tencent-vpc accepts it.) Reading peers in the own lease's families gives
+    /// those backends their IPv4 routes, keeps the update filter on the
+    /// IPv4 annotations only (in Go's dual-stack filter an unchanged IPv6
+    /// part hides an IPv4 change) and keeps our own node's lease key equal
+    /// to our own lease's (the watch filters our own lease out by key).
+    pub fn peer_families(&self) -> (bool, bool) {
+        (
+            self.config.enable_ipv4,
+            self.config.enable_ipv6 && dual_stack_backend(&self.config.backend_type_lower()),
+        )
+    }
+
+    fn lease_for(&self, req: &AcquireRequest, node: &SlimNode) -> Result<Lease, ManagerError> {
         let (cidr, ipv6_cidr) =
             own_pod_cidrs(node).map_err(|e| ManagerError::Other(e.to_string()))?;
         let mut subnet = None;
@@ -561,10 +602,7 @@ impl KubeSubnetManager {
         }
         // Only vxlan, host-gw and wireguard do dual stack in Go: the others
         // get an IPv4-only lease.
-        if !matches!(
-            req.attrs.backend_type.as_str(),
-            "vxlan" | "wireguard" | "host-gw"
-        ) {
+        if !dual_stack_backend(&req.attrs.backend_type) {
             ipv6_subnet = None;
         }
         let key = SubnetKey::new(subnet, ipv6_subnet).ok_or_else(|| {
@@ -671,12 +709,8 @@ impl SubnetManager for KubeSubnetManager {
         let make: watch::NodeEventsFactory = Arc::new(move || {
             kube::runtime::watcher(api.clone(), kube::runtime::watcher::Config::default()).boxed()
         });
-        let state = watch::NodeState::new(
-            self.names.clone(),
-            self.config.enable_ipv4,
-            self.config.enable_ipv6,
-            self.status.clone(),
-        );
+        let (ipv4, ipv6) = self.peer_families();
+        let state = watch::NodeState::new(self.names.clone(), ipv4, ipv6, self.status.clone());
         Ok(watch::lease_stream(
             make,
             state,

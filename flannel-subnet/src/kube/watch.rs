@@ -8,25 +8,29 @@
 //!   removed and nothing is lost across an API server restart.
 //! - Added nodes and deleted nodes with `kube-subnet-manager: "true"` are
 //!   `Added`/`Removed` events; an updated node is an event only when Go's
-//!   update filter ([`update_changed`]) says so.
+//!   update filter ([`update_changed`](super::update_changed)) says so.
 //! - A node that cannot be converted ([`node_to_lease`]) is skipped with a
 //!   log line; the other nodes are unaffected.
+//! - Nodes arrive as [`SlimNode`]s and are not kept: per node only the
+//!   packed values of the update filter and the key of the last lease
+//!   delivered (a re-list builds its snapshot from the list itself).
 //! - Events ready at the same time are delivered together, up to
 //!   `EVENT_QUEUE_DEPTH` per batch.
 //! - Watch errors are yielded (the runner logs them, rate-limited) after a
 //!   backoff; once the watch is quiet for [`QUIET_AFTER_ERROR`] after an
 //!   error, an empty batch marks it in sync again.
 
-use super::annotations::{Annotations, Relevant, is_managed, update_changed};
+use super::annotations::{Annotations, Compared, is_managed};
 use super::convert::{node_annotations, node_name, node_to_lease};
+use super::node::SlimNode;
 use super::{KubeStatus, describe_kube_error};
 use crate::manager::Backoff;
 use flannel_core::event::{LeaseEvent, LeaseWatchResult};
-use flannel_core::lease::Lease;
+use flannel_core::key::SubnetKey;
+use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::manager::{LeaseStream, ManagerError};
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::{Error as WatchError, Event};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,17 +48,19 @@ pub const QUIET_AFTER_ERROR: Duration = Duration::from_secs(1);
 const BATCH_YIELDS: u32 = 3;
 
 /// The raw watcher stream.
-pub type NodeEvents = BoxStream<'static, Result<Event<Node>, WatchError>>;
+pub type NodeEvents = BoxStream<'static, Result<Event<SlimNode>, WatchError>>;
 
 /// Makes a fresh watcher (a new list) when the current one cannot recover.
 pub type NodeEventsFactory = Arc<dyn Fn() -> NodeEvents + Send + Sync>;
 
-/// What is kept per node: the values the update filter compares and the last
-/// lease delivered for it (removed by key when the node goes).
-#[derive(Debug, Clone)]
+/// What is kept per node, in place of the Node: the values Go's update
+/// filter compares (packed) and the key of the last lease delivered for it
+/// (a removal names that key even if the node's annotations turned bad
+/// since). Everything else is rebuilt from the node when it changes.
+#[derive(Debug, Clone, Default)]
 struct Entry {
-    relevant: Relevant,
-    lease: Option<Lease>,
+    compared: Compared,
+    key: Option<SubnetKey>,
 }
 
 /// The conversion state: pure, fed one watcher event at a time.
@@ -62,8 +68,12 @@ pub(crate) struct NodeState {
     names: Arc<Annotations>,
     ipv4: bool,
     ipv6: bool,
-    nodes: HashMap<String, Entry>,
-    listing: Option<HashMap<String, Entry>>,
+    nodes: HashMap<Box<str>, Entry>,
+    /// Entries of `nodes` with a key.
+    managed: usize,
+    listing: Option<HashMap<Box<str>, Entry>>,
+    /// The leases of the list in progress, for its snapshot.
+    pending: Vec<Lease>,
     status: Arc<KubeStatus>,
 }
 
@@ -76,6 +86,8 @@ pub(crate) enum Output {
 }
 
 impl NodeState {
+    /// Peers are read in the families `ipv4` and `ipv6` (the manager's
+    /// [`peer_families`](super::KubeSubnetManager::peer_families)).
     pub(crate) fn new(
         names: Arc<Annotations>,
         ipv4: bool,
@@ -87,12 +99,14 @@ impl NodeState {
             ipv4,
             ipv6,
             nodes: HashMap::new(),
+            managed: 0,
             listing: None,
+            pending: Vec::new(),
             status,
         }
     }
 
-    fn convert(&self, node: &Node) -> Option<Lease> {
+    fn convert(&self, node: &SlimNode) -> Option<Lease> {
         match node_to_lease(&self.names, node, self.ipv4, self.ipv6) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -103,42 +117,46 @@ impl NodeState {
         }
     }
 
-    fn entry(&self, node: &Node) -> Entry {
-        let a = node_annotations(node);
-        Entry {
-            relevant: Relevant::of(&self.names, a),
-            lease: if is_managed(&self.names, a) {
-                self.convert(node)
-            } else {
-                None
-            },
-        }
+    fn compared(&self, node: &SlimNode) -> Compared {
+        Compared::of(&self.names, node_annotations(node), self.ipv4, self.ipv6)
     }
 
-    pub(crate) fn apply(&mut self, event: Event<Node>) -> Output {
+    pub(crate) fn apply(&mut self, event: Event<SlimNode>) -> Output {
         match event {
             Event::Init => {
                 debug!("listing the cluster's nodes");
                 self.listing = Some(HashMap::new());
+                self.pending = Vec::new();
                 Output::Nothing
             }
             Event::InitApply(node) => {
-                let entry = self.entry(&node);
-                self.listing
-                    .get_or_insert_with(HashMap::new)
-                    .insert(node_name(&node).to_string(), entry);
+                // The lease itself is not kept: the snapshot converts the
+                // node again from the list's copy.
+                let lease = if is_managed(&self.names, node_annotations(&node)) {
+                    self.convert(&node)
+                } else {
+                    None
+                };
+                let entry = Entry {
+                    compared: self.compared(&node),
+                    key: lease.as_ref().map(Lease::key),
+                };
+                let listing = self.listing.get_or_insert_with(HashMap::new);
+                listing.insert(node_name(&node).into(), entry);
+                if let Some(l) = lease {
+                    self.pending.push(l);
+                }
                 Output::Nothing
             }
             Event::InitDone => {
                 let listed = self.listing.take().unwrap_or_default();
                 let relist = self.status.lists.fetch_add(1, Ordering::Relaxed) > 0;
                 self.nodes = listed;
-                let mut leases: Vec<Lease> = self
-                    .nodes
-                    .values()
-                    .filter_map(|e| e.lease.clone())
-                    .collect();
+                self.managed = self.nodes.values().filter(|e| e.key.is_some()).count();
+                let mut leases = std::mem::take(&mut self.pending);
                 leases.sort_by_key(Lease::key);
+                // A node listed twice (a list page repeated) counts once.
+                leases.dedup_by_key(|l| l.key());
                 self.publish_counts();
                 let what = if relist { "re-listed" } else { "listed" };
                 info!(
@@ -149,15 +167,12 @@ impl NodeState {
                 Output::Snapshot(leases)
             }
             Event::Apply(node) => {
-                let name = node_name(&node).to_string();
-                let a = node_annotations(&node);
-                let relevant = Relevant::of(&self.names, a);
-                let managed = is_managed(&self.names, a);
-                let out = match self.nodes.get(&name) {
+                let compared = self.compared(&node);
+                let managed = is_managed(&self.names, node_annotations(&node));
+                let out = match self.nodes.get(node_name(&node)) {
                     // Go's update handler: managed, and a relevant change.
                     Some(old) => {
-                        if managed && update_changed(&old.relevant, &relevant, self.ipv4, self.ipv6)
-                        {
+                        if managed && old.compared.changed(&compared, self.ipv4, self.ipv6) {
                             self.convert(&node)
                         } else {
                             None
@@ -167,29 +182,44 @@ impl NodeState {
                     None if managed => self.convert(&node),
                     None => None,
                 };
-                let entry = self.nodes.entry(name).or_insert(Entry {
-                    relevant: Relevant::default(),
-                    lease: None,
-                });
-                entry.relevant = relevant;
-                self.publish_counts_later();
-                match out {
-                    Some(lease) => {
-                        self.nodes_entry_set_lease(node_name(&node), &lease);
-                        Output::Event(LeaseEvent::added(lease))
+                let entry = self.nodes.entry(node_name(&node).into()).or_default();
+                entry.compared = compared;
+                if let Some(lease) = &out {
+                    if entry.key.is_none() {
+                        self.managed += 1;
                     }
+                    entry.key = Some(lease.key());
+                }
+                self.publish_counts();
+                match out {
+                    Some(lease) => Output::Event(LeaseEvent::added(lease)),
                     None => Output::Nothing,
                 }
             }
             Event::Delete(node) => {
-                let name = node_name(&node);
-                let old = self.nodes.remove(name);
+                let old = self.nodes.remove(node_name(&node));
+                if old.as_ref().is_some_and(|e| e.key.is_some()) {
+                    self.managed -= 1;
+                }
                 self.publish_counts();
-                // The last lease delivered for it, so the removal finds it by
-                // key even if its annotations turned bad since.
-                let lease = match old.and_then(|e| e.lease) {
-                    Some(l) => Some(l),
-                    None if is_managed(&self.names, node_annotations(&node)) => self.convert(&node),
+                let managed = is_managed(&self.names, node_annotations(&node));
+                let lease = match old.and_then(|e| e.key) {
+                    // The key last delivered, with the node's last attrs
+                    // when they still convert (the watcher of the leases
+                    // knows the full lease by key anyway).
+                    Some(key) => {
+                        let attrs = if managed {
+                            node_to_lease(&self.names, &node, self.ipv4, self.ipv6)
+                                .map(|l| l.attrs)
+                                .unwrap_or_default()
+                        } else {
+                            LeaseAttrs::default()
+                        };
+                        let mut l = Lease::new(key, attrs);
+                        l.asof = super::convert::resource_version(&node);
+                        Some(l)
+                    }
+                    None if managed => self.convert(&node),
                     None => None,
                 };
                 match lease {
@@ -200,25 +230,26 @@ impl NodeState {
         }
     }
 
-    fn nodes_entry_set_lease(&mut self, name: &str, lease: &Lease) {
-        if let Some(e) = self.nodes.get_mut(name) {
-            e.lease = Some(lease.clone());
-        }
-        self.publish_counts();
-    }
-
-    fn publish_counts_later(&self) {
-        self.status
+    /// What the kept state costs: the map's table (at its capacity) and
+    /// each entry's heap parts, in bytes.
+    #[cfg(test)]
+    fn kept_bytes(&self) -> usize {
+        let table = self.nodes.capacity() * (std::mem::size_of::<(Box<str>, Entry)>() + 1);
+        let heap: usize = self
             .nodes
-            .store(self.nodes.len() as u64, Ordering::Relaxed);
+            .iter()
+            .map(|(name, e)| name.len() + e.compared.heap_len())
+            .sum();
+        table + heap
     }
 
     fn publish_counts(&self) {
-        self.publish_counts_later();
-        let managed = self.nodes.values().filter(|e| e.lease.is_some()).count();
+        self.status
+            .nodes
+            .store(self.nodes.len() as u64, Ordering::Relaxed);
         self.status
             .managed_nodes
-            .store(managed as u64, Ordering::Relaxed);
+            .store(self.managed as u64, Ordering::Relaxed);
     }
 }
 
@@ -287,7 +318,7 @@ impl Stream {
 
     /// Feeds one event; events go to `events`, a snapshot flushes them
     /// first. Returns false when the batch must end here.
-    fn feed(&mut self, event: Event<Node>, events: &mut Vec<LeaseEvent>) -> bool {
+    fn feed(&mut self, event: Event<SlimNode>, events: &mut Vec<LeaseEvent>) -> bool {
         match self.state.apply(event) {
             Output::Nothing => true,
             Output::Event(e) => {
@@ -404,11 +435,11 @@ mod tests {
     use super::*;
     use crate::kube::annotations::DEFAULT_PREFIX;
     use flannel_core::event::EventKind;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::api::core::v1::{Node, NodeSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn node(name: &str, cidr: &str, ann: &[(&str, &str)]) -> Node {
-        Node {
+    fn node(name: &str, cidr: &str, ann: &[(&str, &str)]) -> SlimNode {
+        SlimNode::from(Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 annotations: Some(
@@ -423,10 +454,10 @@ mod tests {
                 ..NodeSpec::default()
             }),
             status: None,
-        }
+        })
     }
 
-    fn managed(name: &str, cidr: &str, ip: &str) -> Node {
+    fn managed(name: &str, cidr: &str, ip: &str) -> SlimNode {
         node(
             name,
             cidr,
@@ -556,7 +587,7 @@ mod tests {
         );
         let gone =
             kube::core::Status::failure("too old resource version", "Expired").with_code(410);
-        let items: Vec<Result<Event<Node>, WatchError>> = vec![
+        let items: Vec<Result<Event<SlimNode>, WatchError>> = vec![
             Ok(Event::Init),
             Ok(Event::InitApply(managed(
                 "a",
@@ -608,13 +639,49 @@ mod tests {
         assert!(status.in_sync.load(Ordering::Relaxed));
     }
 
-    /// `watcher::Error` is not `Clone`; the test builds its list once.
-    trait CloneItems {
-        fn clone_items(&self) -> Vec<Result<Event<Node>, WatchError>>;
+    /// 5,000 managed nodes as the footprint bench writes them (vxlan data,
+    /// a public IP each) cost the watch a small, bounded amount each: the
+    /// node itself is not kept.
+    #[test]
+    fn kept_state_per_node_is_small() {
+        let mut s = state();
+        s.apply(Event::Init);
+        s.apply(Event::InitDone);
+        let n = 5_000;
+        for i in 0..n {
+            let data = format!(
+                r#"{{"VNI":1,"VtepMAC":"0a:dd:00:{:02x}:{:02x}:01"}}"#,
+                i >> 8,
+                i & 0xff
+            );
+            let node = node(
+                &format!("load-{i}"),
+                &format!("10.{}.{}.0/24", 100 + i / 256, i % 256),
+                &[
+                    ("kube-subnet-manager", "true"),
+                    ("backend-type", "vxlan"),
+                    ("backend-data", &data),
+                    ("public-ip", &format!("172.16.{}.{}", i / 250, i % 250 + 1)),
+                ],
+            );
+            assert!(matches!(s.apply(Event::Apply(node)), Output::Event(_)));
+        }
+        assert_eq!(s.status.managed_nodes.load(Ordering::Relaxed), n as u64);
+        let per_node = s.kept_bytes() / n;
+        eprintln!(
+            "kept per node: {per_node} bytes (entry {} bytes in the table)",
+            std::mem::size_of::<(Box<str>, Entry)>()
+        );
+        assert!(per_node <= 200, "{per_node} bytes per node");
     }
 
-    impl CloneItems for Vec<Result<Event<Node>, WatchError>> {
-        fn clone_items(&self) -> Vec<Result<Event<Node>, WatchError>> {
+    /// `watcher::Error` is not `Clone`; the test builds its list once.
+    trait CloneItems {
+        fn clone_items(&self) -> Vec<Result<Event<SlimNode>, WatchError>>;
+    }
+
+    impl CloneItems for Vec<Result<Event<SlimNode>, WatchError>> {
+        fn clone_items(&self) -> Vec<Result<Event<SlimNode>, WatchError>> {
             self.iter()
                 .map(|i| match i {
                     Ok(e) => Ok(e.clone()),
