@@ -37,11 +37,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib-bench.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,34p' "$0"; exit 0 ;; esac
-SECS=${1:-5}
-[[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]  (a positive integer)" >&2; exit 2; }
-[ $# -le 1 ] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "bench-datapath.sh needs root (network namespaces)" >&2; exit 1; }
+bench_args "$@"
 RUNS=3
 STREAMS=(1 4)
 read -r -a BACKENDS <<<"${BENCH_BACKENDS:-vxlan host-gw udp udp-batch}"

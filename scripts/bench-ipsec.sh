@@ -24,10 +24,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib-bench.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,21p' "$0"; exit 0 ;; esac
-SECS=${1:-5}
-[[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "bench-ipsec.sh needs root (network namespaces)" >&2; exit 1; }
+bench_args "$@"
 PACKAGES=(iproute2 iperf3 jq strongswan-charon strongswan-swanctl libcharon-extra-plugins
           libstrongswan-standard-plugins libstrongswan-extra-plugins)
 ensure_packages "${PACKAGES[@]}"

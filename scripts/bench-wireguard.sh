@@ -28,10 +28,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib-bench.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,24p' "$0"; exit 0 ;; esac
-SECS=${1:-5}
-[[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]  (a positive integer)" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "bench-wireguard.sh needs root (network namespaces)" >&2; exit 1; }
+bench_args "$@"
 
 PACKAGES=(iproute2 iputils-ping iperf3 jq containernetworking-plugins iptables wireguard-tools
           protobuf-compiler libprotobuf-dev)

@@ -6,6 +6,18 @@
 # NETNAME (the CNI network name), BIN (flanneld and flannel) and CNI_BIN
 # (Debian's CNI plugins).
 
+# bench_args ARG...: the benchmarks' command line, [SECONDS]: -h/--help
+# prints the script's header comment (after the #! line); SECS becomes
+# iperf3's -t (default 5, a positive integer); the script must run as root
+# (network namespaces).
+bench_args() {
+    case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;; esac
+    [ $# -le 1 ] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
+    SECS=${1:-5}
+    [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]  (a positive integer)" >&2; exit 2; }
+    [ "$(id -u)" = 0 ] || { echo "$(basename "$0") needs root (network namespaces)" >&2; exit 1; }
+}
+
 NAMESPACES=()
 PIDS=()
 FLANNELD_PIDS=()
