@@ -43,10 +43,8 @@ use flannel_core::gojson::{RawJson, decode_struct};
 use flannel_core::ip::Ip4Net;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_netlink::{
-    EOPNOTSUPP, IpipSpec, LinkEvent, NetlinkError, RTPROT_BOOT, Route, RouteNetwork, SharedOps,
-    ops_from_host, watch_links,
+    EOPNOTSUPP, IpipSpec, NetlinkError, RTPROT_BOOT, Route, RouteNetwork, SharedOps, ops_from_host,
 };
-use futures_util::StreamExt;
 use tracing::{info, warn};
 
 /// The backend type string.
@@ -448,22 +446,7 @@ impl Network for IpipNetwork {
     fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
         // A deleted or downed tunnel takes every route through it along:
         // rebuild at once rather than at the next periodic resync.
-        let (events, conn) = match watch_links() {
-            Ok(w) => w,
-            Err(e) => {
-                warn!("cannot watch links; relying on the periodic resync: {e}");
-                return None;
-            }
-        };
-        let damage = events.filter_map(|ev| {
-            let hit = match ev {
-                LinkEvent::Del { name, .. } => name == DEVICE,
-                LinkEvent::New(link) => link.name == DEVICE && !link.up,
-            };
-            std::future::ready(hit.then_some(()))
-        });
-        let conn = futures_util::stream::once(conn).filter_map(|()| std::future::ready(None));
-        Some(Box::pin(futures_util::stream::select(damage, conn)))
+        flannel_netlink::device_damage_trigger(vec![DEVICE.to_string()])
     }
 
     async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {

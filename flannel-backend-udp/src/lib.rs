@@ -18,7 +18,11 @@
 //! interface MTU − 28, and the route `<Network> dev flannel0`; the UDP
 //! socket is bound to the interface address. Unlike Go's, the TUN is
 //! persistent: device, address and route outlive flanneld, so a restarted
-//! flanneld re-attaches and traffic resumes at once.
+//! flanneld re-attaches and traffic resumes at once. A deleted `flannel0`
+//! (`ip link del flannel0`) is noticed at once by a link watch (else at the
+//! next resync, every 10 s) and recreated: the engine is restarted on a new
+//! TUN and socket with the same peers, the address and route are put back,
+//! and [`DatapathStats::tun_recreated`] counts it.
 //!
 //! The lease carries only `PublicIP` (`{"PublicIP":"…","PublicIPv6":null}`,
 //! no `BackendType`), and every remote lease becomes a peer whatever its

@@ -2,17 +2,20 @@
 //! route), the engine that moves the packets, and the peer table it reads.
 
 use crate::codec::UdpCodec;
+use crate::metrics::EngineState;
 use crate::metrics::{DatapathStats, UdpMetrics};
 use crate::options::{OFFLOAD_ENV, OVERHEAD, TUN_NAME, UdpOptions, offload_from_env};
 use crate::peers::{PeerRoute, Skipped, peer_id, peer_table};
-use flannel_core::backend::{BackendError, Driver, Network, RegisterContext};
+use flannel_core::backend::{BackendError, Driver, Network, RegisterContext, ResyncTrigger};
 use flannel_core::event::{EventKind, LeaseEvent, LeaseWatchResult};
 use flannel_core::ip::Ip4Net;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::reconcile::Reconciler;
 use flannel_netlink::sets::RouteSet;
 use flannel_netlink::{Family, Route, SharedOps};
-use flannel_tun::{Engine, EngineOptions, OffloadMode, Peer, PeerTableHandle, TunConfig};
+use flannel_tun::{
+    Engine, EngineHandle, EngineOptions, OffloadMode, Peer, PeerTableHandle, Tun, TunConfig,
+};
 use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -20,7 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// How often the driver checks that the engine's threads still run.
+/// How often the driver checks that the engine's threads still run. (A
+/// deleted TUN is noticed by the link watch of
+/// [`Network::take_resync_trigger`] at once, and by the periodic resync
+/// otherwise.)
 pub const ENGINE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the TUN's address, link state and route are checked and
@@ -31,12 +37,58 @@ fn dp(object: String, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
     BackendError::datapath(object, e)
 }
 
+/// What the datapath is (re)built from: the socket's address and the TUN.
+/// Registration and the recreation of a deleted TUN both open it with
+/// [`DatapathSpec::open`] and start the engine with
+/// [`DatapathSpec::start`].
+struct DatapathSpec {
+    bind: SocketAddr,
+    tun: TunConfig,
+}
+
+impl DatapathSpec {
+    /// Binds the UDP socket on `IfaceAddr:Port` and opens (or re-attaches
+    /// to) the persistent TUN.
+    fn open(&self) -> Result<(UdpSocket, Tun), BackendError> {
+        let bind = self.bind;
+        let socket = UdpSocket::bind(bind).map_err(|e| dp(format!("UDP socket on {bind}"), e))?;
+        let tun = flannel_tun::open_tun(&self.tun).map_err(|e| dp(format!("TUN {TUN_NAME}"), e))?;
+        Ok((socket, tun))
+    }
+
+    /// Starts the engine on `tun` and `socket` with the network's codec and
+    /// peer table.
+    fn start(
+        &self,
+        tun: Tun,
+        socket: UdpSocket,
+        codec: Arc<UdpCodec>,
+        peers: PeerTableHandle,
+    ) -> Result<EngineHandle, BackendError> {
+        let engine_options = EngineOptions {
+            // FLANNEL_UDP_OFFLOAD=off: the plain batching mode.
+            mode: (!self.tun.offload).then_some(OffloadMode::Batch),
+            ..EngineOptions::default()
+        };
+        let engine = Engine::start(tun, socket, codec, peers, engine_options)
+            .map_err(|e| dp(format!("the udp datapath on {TUN_NAME}"), e))?;
+        info!(
+            "udp datapath started on {TUN_NAME} (MTU {}, socket {}) in {} mode",
+            self.tun.mtu,
+            self.bind,
+            engine.mode()
+        );
+        Ok(engine)
+    }
+}
+
 /// The udp network (see the crate docs).
 pub struct UdpNetwork {
     ops: SharedOps,
     lease: Lease,
     mtu: u32,
     options: UdpOptions,
+    spec: DatapathSpec,
     network: Ip4Net,
     tun_index: u32,
     codec: Arc<UdpCodec>,
@@ -113,16 +165,17 @@ impl UdpNetwork {
         let mtu = iface.mtu.saturating_sub(OVERHEAD);
         // Bound before the lease is taken: a port in use must not leave a
         // lease behind that no datapath serves.
-        let bind = SocketAddr::from((iface_addr, options.port));
-        let socket = UdpSocket::bind(bind).map_err(|e| dp(format!("UDP socket on {bind}"), e))?;
-        let tun = flannel_tun::open_tun(&TunConfig {
-            name: TUN_NAME.to_string(),
-            mtu,
-            queues: 1,
-            offload,
-            persist: true,
-        })
-        .map_err(|e| dp(format!("TUN {TUN_NAME}"), e))?;
+        let spec = DatapathSpec {
+            bind: SocketAddr::from((iface_addr, options.port)),
+            tun: TunConfig {
+                name: TUN_NAME.to_string(),
+                mtu,
+                queues: 1,
+                offload,
+                persist: true,
+            },
+        };
+        let (socket, tun) = spec.open()?;
         let attrs = LeaseAttrs::new(iface.ext_addr.unwrap_or(iface_addr));
         let lease = ctx.acquire_lease(attrs).await?;
         let subnet = lease.subnet.ok_or_else(|| {
@@ -149,6 +202,7 @@ impl UdpNetwork {
             lease,
             mtu,
             options,
+            spec,
             network,
             tun_index,
             codec: codec.clone(),
@@ -173,17 +227,7 @@ impl UdpNetwork {
             }
             Err(why) => info!("udp: starting without peers until the first lease snapshot ({why})"),
         }
-        let engine_options = EngineOptions {
-            // FLANNEL_UDP_OFFLOAD=off: the plain batching mode.
-            mode: (!offload).then_some(OffloadMode::Batch),
-            ..EngineOptions::default()
-        };
-        let engine = Engine::start(tun, socket, codec, peers, engine_options)
-            .map_err(|e| dp(format!("the udp datapath on {TUN_NAME}"), e))?;
-        info!(
-            "udp datapath started on {TUN_NAME} (MTU {mtu}, socket {bind}) in {} mode",
-            engine.mode()
-        );
+        let engine = net.spec.start(tun, socket, codec, peers)?;
         net.metrics.attach(engine);
         Ok(net)
     }
@@ -199,8 +243,23 @@ impl UdpNetwork {
     }
 
     /// `<subnet>/32` on the TUN (stale addresses of the network removed),
-    /// link up, route `<Network> dev <tun>`.
+    /// link up, route `<Network> dev <tun>`; a deleted TUN is recreated
+    /// first (with a restart of the engine).
     async fn configure_tun(&mut self) -> Result<(), BackendError> {
+        let link = self
+            .ops
+            .link_by_index(self.tun_index)
+            .await
+            .map_err(|e| dp(format!("link {TUN_NAME}"), e))?
+            // The index of a deleted link may be reused by another one.
+            .filter(|l| l.name == TUN_NAME);
+        let up = match link {
+            Some(l) => l.up,
+            None => {
+                self.recreate_tun().await?;
+                false
+            }
+        };
         let index = self.tun_index;
         let own = IpAddr::V4(self.tun_addr());
         let existing = self
@@ -234,17 +293,6 @@ impl UdpNetwork {
                 .await
                 .map_err(|e| dp(format!("address {own}/32 on {TUN_NAME}"), e))?;
         }
-        let up = self
-            .ops
-            .link_by_index(index)
-            .await
-            .map_err(|e| dp(format!("link {TUN_NAME}"), e))?
-            .ok_or_else(|| {
-                BackendError::Refused(format!(
-                    "{TUN_NAME} was deleted; restart flanneld to recreate it"
-                ))
-            })?
-            .up;
         if !up {
             self.ops
                 .set_up(index)
@@ -264,6 +312,32 @@ impl UdpNetwork {
             Ok(_) => {}
             Err(f) => return Err(f.error),
         }
+        Ok(())
+    }
+
+    /// The TUN was deleted (`ip link del flannel0`): the engine's threads
+    /// hold a dead device (reads fail with EBADFD). Stops that engine,
+    /// which frees the UDP port, then binds the socket again, opens a new
+    /// persistent TUN and starts a new engine on the current peer table.
+    /// The route went with the old device: the reconciler forgets it.
+    async fn recreate_tun(&mut self) -> Result<(), BackendError> {
+        let spec = &self.spec;
+        let (codec, peers) = (self.codec.clone(), self.peers.clone());
+        self.metrics.restart(|| {
+            let (socket, tun) = spec.open()?;
+            spec.start(tun, socket, codec, peers)
+        })?;
+        self.tun_index = self
+            .ops
+            .link_by_name(TUN_NAME)
+            .await
+            .map_err(|e| dp(format!("link {TUN_NAME}"), e))?
+            .ok_or_else(|| {
+                BackendError::Refused(format!("{TUN_NAME} vanished right after it was opened"))
+            })?
+            .index;
+        self.routes = Reconciler::new();
+        warn!("{TUN_NAME} was deleted; recreated it and restarted the udp datapath");
         Ok(())
     }
 
@@ -398,21 +472,30 @@ impl Network for UdpNetwork {
         Some(RESYNC_INTERVAL)
     }
 
+    /// A deleted TUN takes the route along and leaves the engine on a dead
+    /// device: resync at once (which recreates it) rather than at the next
+    /// periodic resync.
+    fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
+        flannel_netlink::device_damage_trigger(vec![TUN_NAME.to_string()])
+    }
+
     /// The engine runs on threads of its own; the driver only watches
-    /// them. It ends cleanly once the shutdown has stopped the engine, and
-    /// with an error when a datapath thread died (a codec panic): flanneld
-    /// then exits for its supervisor to restart it, and the persistent TUN
-    /// keeps the outage short.
+    /// them. A deleted TUN does not end them (their reads fail and they
+    /// wait for the resync that replaces the engine). The driver ends
+    /// cleanly once the shutdown has stopped the engine, and with an error
+    /// when a datapath thread died (a codec panic): flanneld then exits for
+    /// its supervisor to restart it, and the persistent TUN keeps the
+    /// outage short.
     fn take_driver(&mut self) -> Option<Driver> {
         let metrics = self.metrics.clone();
         Some(Box::pin(async move {
             let mut tick = tokio::time::interval(ENGINE_CHECK_INTERVAL);
             loop {
                 tick.tick().await;
-                match metrics.running() {
-                    Some(true) => {}
-                    None => return Ok(()),
-                    Some(false) => {
+                match metrics.state() {
+                    EngineState::Running | EngineState::Restarting => {}
+                    EngineState::Stopped => return Ok(()),
+                    EngineState::Died => {
                         return Err(BackendError::Refused(format!(
                             "the udp datapath on {TUN_NAME} stopped: a datapath thread ended unexpectedly"
                         )));

@@ -15,10 +15,8 @@ use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::reconcile::{Object, ObjectSet, Reconciler, SyncReport};
 use flannel_netlink::sets::{FdbObject, FdbSet, Neighbour, NeighbourSet, RouteSet};
 use flannel_netlink::{
-    Family, LinkEvent, Mac, Route, SharedOps, VxlanSpec, format_mac, parse_mac, random_vtep_mac,
-    watch_links,
+    Family, Mac, Route, SharedOps, VxlanSpec, format_mac, parse_mac, random_vtep_mac,
 };
-use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -611,27 +609,9 @@ impl Network for VxlanNetwork {
     }
 
     fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
-        // `ip monitor link`: a deleted or downed VTEP is rebuilt at once
-        // instead of at the next periodic resync (routes through a device
-        // vanish with it, so the overlay is down until then).
-        let (events, conn) = match watch_links() {
-            Ok(w) => w,
-            Err(e) => {
-                warn!("cannot watch links; relying on the periodic resync: {e}");
-                return None;
-            }
-        };
-        let names: Vec<String> = self.devices.iter().map(|d| d.spec.name.clone()).collect();
-        let damage = events.filter_map(move |ev| {
-            let hit = match ev {
-                LinkEvent::Del { name, .. } => names.contains(&name),
-                LinkEvent::New(link) => names.contains(&link.name) && !link.up,
-            };
-            std::future::ready(hit.then_some(()))
-        });
-        // The socket's connection future is polled as part of the stream.
-        let conn = futures_util::stream::once(conn).filter_map(|()| std::future::ready(None));
-        Some(Box::pin(futures_util::stream::select(damage, conn)))
+        flannel_netlink::device_damage_trigger(
+            self.devices.iter().map(|d| d.spec.name.clone()).collect(),
+        )
     }
 
     async fn lease_changed(&mut self, lease: &Lease) -> Result<(), BackendError> {

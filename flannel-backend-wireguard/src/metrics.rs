@@ -16,6 +16,9 @@ pub struct WgState {
     /// Each device's name and last read status (peers with their last
     /// handshake and byte counters).
     pub devices: Vec<(String, DeviceStatus)>,
+    /// Per device, how many times it was found deleted and recreated since
+    /// the network was registered (devices never recreated are absent).
+    pub recreated: Vec<(String, u64)>,
 }
 
 /// Where a wireguard network publishes its [`WgState`]. Put one in the
@@ -42,6 +45,14 @@ impl WgMetrics {
         let mut s = self.lock();
         s.implementation = which;
         s.fallback_reason = fallback;
+    }
+
+    pub(crate) fn count_recreation(&self, name: &str) {
+        let mut s = self.lock();
+        match s.recreated.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 += 1,
+            None => s.recreated.push((name.to_string(), 1)),
+        }
     }
 
     pub(crate) fn set_device(&self, name: &str, status: DeviceStatus) {

@@ -3,11 +3,14 @@
 
 use crate::device::{PeerSet, SharedDevice};
 use crate::kernel::KernelDevice;
-use crate::keys;
+use crate::keys::{self, Key};
 use crate::metrics::WgMetrics;
 use crate::options::{IMPLEMENTATION_ENV, Implementation, Mode, TYPE, WireguardOptions};
 use crate::peers::{DeviceRole, LocalAddrs, PeerConfig, Skip, WgLeaseData, desired_peers};
-use flannel_core::backend::{BackendError, Driver, Network, RegisterContext, follow_renewal};
+use crate::userspace::{SocketFamily, UserspaceDevice};
+use flannel_core::backend::{
+    BackendError, Driver, Network, RegisterContext, ResyncTrigger, follow_renewal,
+};
 use flannel_core::event::{EventKind, LeaseEvent};
 use flannel_core::ip::{Ip4Net, Ip6Net};
 use flannel_core::lease::{Lease, LeaseAttrs};
@@ -15,6 +18,7 @@ use flannel_core::reconcile::Reconciler;
 use flannel_netlink::{RT_SCOPE_LINK, Route, SharedOps};
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -51,6 +55,9 @@ struct Device {
     port: u16,
     index: u32,
     dev: SharedDevice,
+    /// The userspace device behind `dev`, to restart its datapath; `None`
+    /// for a kernel device.
+    userspace: Option<Arc<UserspaceDevice>>,
     peers: Reconciler<PeerConfig>,
 }
 
@@ -72,6 +79,8 @@ pub struct WireguardNetwork {
     lease: Lease,
     mtu: u32,
     options: WireguardOptions,
+    /// For a kernel device recreated after a deletion (never logged).
+    private_key: Key,
     local: LocalAddrs,
     network: Option<Ip4Net>,
     ipv6_network: Option<Ip6Net>,
@@ -192,7 +201,8 @@ impl WireguardNetwork {
                             role,
                             port,
                             index: ensured.link.index,
-                            dev: std::sync::Arc::new(dev),
+                            dev: Arc::new(dev),
+                            userspace: None,
                             peers: Reconciler::new(),
                         });
                         continue;
@@ -211,15 +221,22 @@ impl WireguardNetwork {
                     Err(e) => return Err(dp(format!("wireguard device {name}"), e)),
                 }
             }
-            let v6_socket = matches!(role, DeviceRole::V6 | DeviceRole::Single(Mode::Ipv6));
+            let family = match role {
+                DeviceRole::V4 | DeviceRole::Single(Mode::Ipv4) => SocketFamily::V4,
+                DeviceRole::V6 | DeviceRole::Single(Mode::Ipv6) => SocketFamily::V6,
+                // Go's `auto`: one device, each peer's endpoint of either
+                // family.
+                DeviceRole::Single(_) => SocketFamily::Dual,
+            };
             let opened =
-                crate::userspace::open(&ops, name, mtu, &private_key, port, v6_socket, ctx.host)
+                crate::userspace::open(&ops, name, mtu, &private_key, port, family, ctx.host)
                     .await?;
             devices.push(Device {
                 role,
                 port,
                 index: opened.index,
                 dev: opened.device,
+                userspace: Some(opened.userspace),
                 peers: Reconciler::new(),
             });
             drivers.push(opened.driver);
@@ -281,6 +298,7 @@ impl WireguardNetwork {
             lease,
             mtu,
             options,
+            private_key,
             local: LocalAddrs {
                 ext_addr: iface.ext_addr,
                 ext_v6_addr: iface.ext_v6_addr,
@@ -368,6 +386,73 @@ impl WireguardNetwork {
             })?;
         }
         Ok(())
+    }
+
+    /// Recreates the devices someone deleted (`ip link del flannel-wg`):
+    /// a userspace device gets a new TUN and engine on the same protocol
+    /// state (key, peers and sessions kept); a kernel device is created
+    /// again with the private key and listen port, and its peers are added
+    /// again by the resync that follows (they handshake anew). Then the
+    /// addresses, link state and routes are put back.
+    async fn recreate_deleted(&mut self) -> Result<(), BackendError> {
+        let mut errors = Vec::new();
+        for i in 0..self.devices.len() {
+            let (index, name) = (self.devices[i].index, self.devices[i].name());
+            let present = match self.ops.link_by_index(index).await {
+                // The index of a deleted link may be reused by another one.
+                Ok(link) => link.is_some_and(|l| l.name == name),
+                Err(e) => {
+                    errors.push(dp(format!("link {name}"), e));
+                    continue;
+                }
+            };
+            if !present && let Err(e) = self.recreate(i).await {
+                errors.push(e);
+            }
+        }
+        BackendError::collect(errors)
+    }
+
+    async fn recreate(&mut self, i: usize) -> Result<(), BackendError> {
+        let d = &self.devices[i];
+        let name = d.name();
+        let index = match &d.userspace {
+            Some(u) => u.recreate(&self.ops).await?,
+            None => {
+                let ensured = self
+                    .ops
+                    .ensure_wireguard(name, self.mtu)
+                    .await
+                    .map_err(|e| dp(format!("wireguard device {name}"), e))?;
+                d.dev
+                    .configure(&self.private_key, d.port)
+                    .await
+                    .map_err(|e| {
+                        dp(
+                            format!(
+                                "wireguard device {name} (private key, listen-port {})",
+                                d.port
+                            ),
+                            e,
+                        )
+                    })?;
+                ensured.link.index
+            }
+        };
+        let d = &mut self.devices[i];
+        d.index = index;
+        // What was applied went with the old device.
+        d.peers = Reconciler::new();
+        self.metrics.count_recreation(name);
+        match self.active {
+            Active::Userspace => warn!(
+                "{name} was deleted; recreated it and restarted the userspace WireGuard datapath (peers and sessions kept)"
+            ),
+            Active::Kernel => warn!(
+                "{name} was deleted; recreated it with the same private key and listen port, and its peers are added again"
+            ),
+        }
+        self.configure_local(&self.devices[i]).await
     }
 
     /// `<Network> dev <d> scope link` (and the IPv6 network).
@@ -510,7 +595,18 @@ impl Network for WireguardNetwork {
     }
 
     async fn resync(&mut self, leases: &[&Lease]) -> Result<(), BackendError> {
-        self.apply(leases, true).await
+        let recreated = self.recreate_deleted().await;
+        let applied = self.apply(leases, true).await;
+        BackendError::collect(recreated.err().into_iter().chain(applied.err()).collect())
+    }
+
+    /// A deleted device takes its routes along (and leaves a userspace
+    /// engine on a dead TUN): resync at once, which recreates it, rather
+    /// than at the next periodic resync.
+    fn take_resync_trigger(&mut self) -> Option<ResyncTrigger> {
+        flannel_netlink::device_damage_trigger(
+            self.devices.iter().map(|d| d.name().to_string()).collect(),
+        )
     }
 
     fn resync_interval(&self) -> Option<Duration> {

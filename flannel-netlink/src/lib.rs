@@ -113,7 +113,7 @@ pub use route::{
 };
 pub use route_network::RouteNetwork;
 pub use sets::{FdbObject, FdbSet, Neighbour, NeighbourSet, RouteSet};
-pub use watch::{LinkEvent, watch_links};
+pub use watch::{LinkEvent, device_damage_trigger, watch_links};
 
 /// A NETLINK_ROUTE socket handle: the `ip`/`bridge` commands flannel needs.
 ///

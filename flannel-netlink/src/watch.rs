@@ -81,3 +81,31 @@ pub fn watch_links() -> Result<
     });
     Ok((events, conn))
 }
+
+/// A resync trigger for a backend's own devices: yields when one of
+/// `names` is deleted or set down. A deleted device takes every route
+/// through it along (and leaves a userspace engine on a dead TUN), so the
+/// runner should rebuild at once rather than at the next periodic resync.
+///
+/// Returns `None` (with a warning) when links cannot be watched; the
+/// periodic resync still repairs the damage then. The netlink connection
+/// is polled as part of the returned stream, so nothing is spawned.
+/// Must be called inside a tokio runtime with I/O enabled.
+pub fn device_damage_trigger(names: Vec<String>) -> Option<flannel_core::backend::ResyncTrigger> {
+    let (events, conn) = match watch_links() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot watch links; relying on the periodic resync: {e}");
+            return None;
+        }
+    };
+    let damage = events.filter_map(move |ev| {
+        let hit = match ev {
+            LinkEvent::Del { name, .. } => names.contains(&name),
+            LinkEvent::New(link) => names.contains(&link.name) && !link.up,
+        };
+        ready(hit.then_some(()))
+    });
+    let conn = futures_util::stream::once(conn).filter_map(|()| ready(None));
+    Some(Box::pin(futures_util::stream::select(damage, conn)))
+}

@@ -616,6 +616,14 @@ impl ThreadCtx {
         self.tun.fds[self.queue].as_raw_fd()
     }
 
+    /// Sleeps up to `ms` milliseconds, waking at once for a stop; `false`
+    /// when stopping.
+    fn pause(&self, ms: libc::c_int) -> bool {
+        let stop = self.stop.as_raw_fd();
+        // With the stop fd in both slots: `false` only when it fired.
+        sys::poll_readable(stop, stop, ms).unwrap_or(true)
+    }
+
     /// Waits for `fd`; `false` when stopping. Errors are logged and slow
     /// the loop down instead of spinning.
     fn wait(&self, fd: RawFd) -> bool {
@@ -665,9 +673,22 @@ impl ThreadCtx {
                     Err(e) => {
                         if !logged_read {
                             logged_read = true;
-                            tracing::error!("Reading from TUN {} failed: {e}", shared.tun_name);
+                            if e.raw_os_error() == Some(libc::EBADFD) {
+                                // `ip link del`: the fd stays open but has
+                                // no device behind it any more (and polls
+                                // as ready forever). The owner replaces the
+                                // engine; until then this thread idles.
+                                tracing::warn!(
+                                    "TUN {} was deleted; its datapath idles until it is replaced",
+                                    shared.tun_name
+                                );
+                            } else {
+                                tracing::error!("Reading from TUN {} failed: {e}", shared.tun_name);
+                            }
                         }
-                        std::thread::sleep(Duration::from_millis(100));
+                        if !self.pause(100) {
+                            return;
+                        }
                         break;
                     }
                 };

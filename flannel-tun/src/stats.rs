@@ -25,6 +25,16 @@ macro_rules! stats {
                 StatsSnapshot { $($name: self.$name.load(Relaxed),)* }
             }
         }
+
+        /// Counter by counter: a caller that replaces a stopped engine by
+        /// a new one adds the old engine's last counters to the new one's,
+        /// so its totals never go back.
+        impl std::ops::Add for StatsSnapshot {
+            type Output = StatsSnapshot;
+            fn add(self, other: StatsSnapshot) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.wrapping_add(other.$name),)* }
+            }
+        }
     };
 }
 

@@ -174,8 +174,9 @@ pub fn render(health: &Health) -> String {
 }
 
 /// The wireguard backend's families: the implementation in use (and
-/// whether it was a fallback from kernel WireGuard), and per peer the last
-/// handshake and byte counters.
+/// whether it was a fallback from kernel WireGuard), per device the peers
+/// and the recreations after a deletion, and per peer the last handshake
+/// and byte counters.
 #[cfg(feature = "wireguard")]
 pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut String) {
     let mut e = Exposition(std::mem::take(out));
@@ -197,12 +198,23 @@ pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut St
     let mut handshakes = String::new();
     let mut rx = String::new();
     let mut tx = String::new();
+    let mut recreated = String::new();
     for (dev, st) in &state.devices {
         let _ = writeln!(
             peers,
             "flannel_wireguard_peers{{device=\"{}\"}} {}",
             label_value(dev),
             st.peers.len()
+        );
+        let times = state
+            .recreated
+            .iter()
+            .find(|(n, _)| n == dev)
+            .map_or(0, |(_, k)| *k);
+        let _ = writeln!(
+            recreated,
+            "flannel_wireguard_device_recreated_total{{device=\"{}\"}} {times}",
+            label_value(dev)
         );
         for p in &st.peers {
             let labels = format!(
@@ -257,6 +269,12 @@ pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut St
             "Bytes sent to the peer.",
             tx,
         ),
+        (
+            "flannel_wireguard_device_recreated_total",
+            "counter",
+            "Times the device was found deleted and recreated.",
+            recreated,
+        ),
     ] {
         let _ = writeln!(e.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
         e.0.push_str(&body);
@@ -266,8 +284,9 @@ pub fn render_wireguard(state: &flannel_backend_wireguard::WgState, out: &mut St
 
 /// The udp datapath's families: packets and bytes per direction (`tx`:
 /// TUN to wire, `rx`: wire to TUN), drops per reason, ICMP answers written
-/// back into the TUN, run-time fallbacks, and the offload mode in use (a
-/// gauge per mode, 1 for the one in use). Nothing while no engine runs.
+/// back into the TUN, run-time fallbacks, recreations of a deleted TUN, and
+/// the offload mode in use (a gauge per mode, 1 for the one in use).
+/// Nothing while no engine runs.
 #[cfg(feature = "udp")]
 pub fn udp_families(stats: Option<flannel_backend_udp::DatapathStats>) -> String {
     let Some(s) = stats else {
@@ -325,6 +344,12 @@ pub fn udp_families(stats: Option<flannel_backend_udp::DatapathStats>) -> String
         &[("", c.fallback_events)],
     );
     family(
+        "flannel_udp_tun_recreated_total",
+        "counter",
+        "Times flannel0 was found deleted and recreated, with a restart of the udp datapath.",
+        &[("", s.tun_recreated)],
+    );
+    family(
         "flannel_udp_offload_mode",
         "gauge",
         "The udp datapath's transmit mode: 1 for the mode in use (gso: TUN offload with UDP GSO/GRO; batch: plain batching).",
@@ -347,10 +372,12 @@ mod tests {
             counters: Default::default(),
             mode: "batch",
             coalescing: false,
+            tun_recreated: 0,
         };
         stats.counters.tx_packets = 7;
         stats.counters.rx_bytes = 1500;
         stats.counters.drop_ttl = 2;
+        stats.tun_recreated = 1;
         let text = udp_families(Some(stats));
         for line in [
             "# TYPE flannel_udp_packets_total counter",
@@ -360,6 +387,8 @@ mod tests {
             "flannel_udp_drops_total{reason=\"no_peer\"} 0",
             "flannel_udp_offload_mode{mode=\"gso\"} 0",
             "flannel_udp_offload_mode{mode=\"batch\"} 1",
+            "# TYPE flannel_udp_tun_recreated_total counter",
+            "flannel_udp_tun_recreated_total 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

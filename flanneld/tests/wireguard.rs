@@ -21,7 +21,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, PREFIX, env_value, http_get, wait_until,
+    Backing, CONVERGE, Cluster, PREFIX, Pinger, env_value, http_get, metric_value, ping_counts,
+    wait_until,
 };
 
 const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
@@ -474,6 +475,8 @@ fn userspace_three_hosts_etcd() {
     // The resync (10 s) puts the configured peer back.
     ping_ok(&c, 0, 1, Duration::from_secs(25)).expect("the resync restores the peer after wg set");
 
+    recreates_a_deleted_device(&mut c, &subnets[0]);
+
     // Restart: the key file is reused, so the lease keeps its public key.
     let before = c.etcd_leases();
     c.daemon(0).terminate(Duration::from_secs(10));
@@ -496,6 +499,82 @@ fn userspace_three_hosts_etcd() {
     ping_ok(&c, 2, 0, CONVERGE).expect("pods talk after the restart");
 }
 
+/// `ip link del flannel-wg` on host 1 while its pod pings host 2's: the
+/// device comes back on its own with its address and route, a ping
+/// crosses again within 15 s, the peers (kept in the userspace core) are
+/// still there, and `/metrics` counts the recreation.
+fn recreates_a_deleted_device(c: &mut Cluster, subnet: &str) {
+    let old_index = c.ifindex(0, "flannel-wg");
+    let dst = IpAddr::V4(c.pod(1).v4);
+    let out = c.dir.path().join("ping-del.out");
+    let pinger = Pinger::start(&c.pod(0).ns, dst, &out);
+    thread::sleep(Duration::from_millis(500));
+    c.ip(0, &["link", "del", "flannel-wg"]);
+    let (_, back) = wait_until(Duration::from_secs(15), || {
+        let route = c.route_to(0, "10.244.0.0/16").unwrap_or_default();
+        if route != "10.244.0.0/16 dev flannel-wg scope link" {
+            return Err(format!("no network route yet: {}", c.routes(0, false)));
+        }
+        c.pod(0)
+            .ns
+            .exec(&["ping", "-c", "1", "-W", "1", "-q", &dst.to_string()])
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "flannel-wg was not recreated after its deletion: {e}\n{}",
+            c.log_tail(0, 30)
+        )
+    });
+    thread::sleep(Duration::from_millis(500));
+    let output = pinger.stop();
+    let (sent, received) =
+        ping_counts(&output).unwrap_or_else(|| panic!("no ping statistics in: {output}"));
+    eprintln!(
+        "flannel-wg deleted under a 10/s ping: traffic back {back:?} after the deletion ({} of {sent} lost)",
+        sent - received
+    );
+    assert!(
+        c.daemon(0).exited().is_none(),
+        "flanneld exited after flannel-wg was deleted:\n{}",
+        c.log_tail(0, 30)
+    );
+    assert_ne!(
+        c.ifindex(0, "flannel-wg"),
+        old_index,
+        "flannel-wg is a new device"
+    );
+    let addrs = c.ip(0, &["-4", "-o", "addr", "show", "dev", "flannel-wg"]);
+    let own = format!("inet {}/32 ", subnet.trim_end_matches("/24"));
+    assert!(
+        addrs.contains(&own) && addrs.matches(" inet ").count() == 1,
+        "flannel-wg addresses after the recreation: {addrs}"
+    );
+    let log = c.log(0);
+    assert_eq!(
+        log.matches(
+            "flannel-wg was deleted; recreated it and restarted the userspace WireGuard datapath"
+        )
+        .count(),
+        1,
+        "the recreation is logged once:\n{}",
+        c.log_tail(0, 30)
+    );
+    let peers_now = peers(&wg(c, 0, "show flannel-wg dump"));
+    assert_eq!(peers_now.len(), 2, "the peers are kept: {peers_now:?}");
+    let (_, body) =
+        http_get(c.host(0), "127.0.0.1:8471".parse().unwrap(), "/metrics").expect("GET /metrics");
+    assert_eq!(
+        metric_value(
+            &body,
+            "flannel_wireguard_device_recreated_total{device=\"flannel-wg\"}"
+        ),
+        Some(1.0),
+        "/metrics:\n{body}"
+    );
+}
+
 /// The IPv6 subnet (`fd00:244:0:X::/64`) of a dual-stack subnet.env.
 fn subnet6_of(env: &str) -> String {
     let s = env_value(env, "FLANNEL_IPV6_SUBNET").expect("FLANNEL_IPV6_SUBNET");
@@ -506,10 +585,11 @@ fn subnet6_of(env: &str) -> String {
     format!("{}/{len}", std::net::Ipv6Addr::from(u128::from(ip) & mask))
 }
 
-/// Dual stack in Go's `separate` and `ipv6` modes (userspace): the devices,
-/// peers and endpoints Go configures, and pods reaching each other over
-/// both families. (`auto` and `ipv4` differ from these only in the endpoint
-/// chosen, covered by the unit tests of `peers`.)
+/// Dual stack in Go's `separate`, `ipv6` and `auto` modes (userspace): the
+/// devices, peers and endpoints Go configures, pods reaching each other
+/// over both families, and in `auto` an IPv6 endpoint working on the same
+/// device as IPv4 ones. (`ipv4` differs only in the endpoint chosen,
+/// covered by the unit tests of `peers`.)
 #[test]
 fn dual_stack_modes() {
     let ds = |mode: &str| {
@@ -517,7 +597,7 @@ fn dual_stack_modes() {
             r#"{{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:244::/56", "Backend": {{"Type": "wireguard", "Mode": "{mode}"}}}}"#
         )
     };
-    for (mode, tag) in [("separate", "wgsep"), ("ipv6", "wgip6")] {
+    for (mode, tag) in [("separate", "wgsep"), ("ipv6", "wgip6"), ("auto", "wgaut")] {
         let config = ds(mode);
         let mut c = Cluster::new(FLANNELD, tag, 2, true, Backing::Etcd, &config);
         for i in 0..2 {
@@ -538,7 +618,10 @@ fn dual_stack_modes() {
         let s4: Vec<String> = envs.iter().map(|e| subnet_of(e)).collect();
         let s6: Vec<String> = envs.iter().map(|e| subnet6_of(e)).collect();
         let pubs: Vec<String> = (0..2).map(|i| public_key(&c, i)).collect();
-        let v6 = |i: usize| c.topo.host(i).ipv6.expect("IPv6 host address");
+        let v6s: Vec<std::net::Ipv6Addr> = (0..2)
+            .map(|i| c.topo.host(i).ipv6.expect("IPv6 host address"))
+            .collect();
+        let v6 = |i: usize| v6s[i];
         // The lease as Go writes it: IPv6 data with ListenPortV6 in both modes.
         let leases = c.etcd_leases();
         for i in 0..2 {
@@ -574,12 +657,15 @@ fn dual_stack_modes() {
                     ("flannel-wg-v6", format!("[{}]:51821", v6(j)), s6[j].clone()),
                 ]
             } else {
-                // One device: both subnets, the IPv6 endpoint on ListenPort.
-                vec![(
-                    "flannel-wg",
-                    format!("[{}]:51820", v6(j)),
-                    format!("{},{}", s4[j], s6[j]),
-                )]
+                // One device: both subnets, on ListenPort; `ipv6` takes the
+                // IPv6 endpoint, `auto` the IPv4 one here (Go's choice when
+                // both addresses are private).
+                let ep = if mode == "ipv6" {
+                    format!("[{}]:51820", v6(j))
+                } else {
+                    format!("{}:51820", c.host_ip(j))
+                };
+                vec![("flannel-wg", ep, format!("{},{}", s4[j], s6[j]))]
             };
             for (dev, ep, allowed) in wants {
                 let dump = wg(&c, i, &format!("show {dev} dump"));
@@ -614,6 +700,33 @@ fn dual_stack_modes() {
             c.add_pod(i);
         }
         c.ping_all_pairs(true);
+        if mode == "auto" {
+            // `auto`'s one socket is dual-stack, as Go's kernel device: a
+            // peer reached at its IPv6 endpoint works too. Host 2 sees host
+            // 1's packets arrive from its IPv6 address (and roams to it),
+            // until a resync puts the configured endpoints back.
+            let want = format!("[{}]:51820", v6(0));
+            // Generous: the VM test in this binary keeps the CPUs busy, and
+            // either host's periodic resync may undo the roam once.
+            wait_until(Duration::from_secs(30), || {
+                wg(
+                    &c,
+                    0,
+                    &format!("set flannel-wg peer {} endpoint [{}]:51820", pubs[1], v6(1)),
+                );
+                ping_ok(&c, 0, 1, Duration::from_secs(3))?;
+                let eps = wg(&c, 1, "show flannel-wg endpoints");
+                eps.contains(&want)
+                    .then_some(())
+                    .ok_or_else(|| format!("host 2's endpoint of host 1: {eps}"))
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "auto: traffic over an IPv6 endpoint: {e}\n{}",
+                    c.log_tail(0, 20)
+                )
+            });
+        }
     }
 }
 
@@ -818,5 +931,37 @@ mod in_vm {
         }
         ping_ok(&c, 0, 1, SLOW).expect("pods talk after the restart");
         ping_ok(&c, 0, 2, SLOW).expect("pods talk after the restart");
+
+        // `ip link del flannel-wg` on the kernel host: the device comes back
+        // with the same key and port, its address, route and peers (which
+        // handshake again), and pods talk again.
+        c.ip(0, &["link", "del", "flannel-wg"]);
+        wait_until(SLOW, || {
+            let route = c.route_to(0, "10.244.0.0/16").unwrap_or_default();
+            (route == "10.244.0.0/16 dev flannel-wg scope link")
+                .then_some(())
+                .ok_or_else(|| format!("no network route yet: {}", c.routes(0, false)))
+        })
+        .unwrap_or_else(|e| panic!("flannel-wg not recreated: {e}\n{}", c.log_tail(0, 20)));
+        let link = c.ip(0, &["-d", "link", "show", "flannel-wg"]);
+        assert!(link.contains("wireguard"), "a kernel device again: {link}");
+        assert_ne!(c.ifindex(0, "flannel-wg"), index, "a new device");
+        ping_ok(&c, 0, 1, SLOW).expect("pods talk after the recreation");
+        ping_ok(&c, 2, 0, SLOW).expect("pods talk after the recreation");
+        let dump = sh(&c, 0, "wg show flannel-wg dump");
+        let header: Vec<&str> = dump.lines().next().unwrap().split('\t').collect();
+        assert_eq!(
+            (header[1], header[2]),
+            (pubs[0].as_str(), "51820"),
+            "same key and port after the recreation\n{dump}"
+        );
+        assert_eq!(peers(&dump).len(), 2, "the peers are back\n{dump}");
+        assert!(
+            c.log(0).contains(
+                "flannel-wg was deleted; recreated it with the same private key and listen port"
+            ),
+            "{}",
+            c.log_tail(0, 20)
+        );
     }
 }
