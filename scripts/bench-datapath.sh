@@ -34,13 +34,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. scripts/lib-bench.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,34p' "$0"; exit 0 ;; esac
-SECS=${1:-5}
-[[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]  (a positive integer)" >&2; exit 2; }
-[ $# -le 1 ] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "bench-datapath.sh needs root (network namespaces)" >&2; exit 1; }
+bench_args "$@"
 RUNS=3
 STREAMS=(1 4)
 read -r -a BACKENDS <<<"${BENCH_BACKENDS:-vxlan host-gw udp udp-batch}"
@@ -64,89 +61,38 @@ TAG="fb$$"
 # host-local keeps its reservations in /var/lib/cni/networks/<name>: use a
 # network name of our own and remove it on exit.
 NETNAME="flannel-bench-$$"
-NAMESPACES=()
-PIDS=()
 cleanup() {
-    set +e
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    PIDS=()
-    for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
-    NAMESPACES=()
+    teardown
     rm -rf "$WORK" "/var/lib/cni/networks/$NETNAME"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-newns() { ip netns add "$1"; NAMESPACES+=("$1"); ip -n "$1" link set lo up; }
-
-# hosts PREFIX: switch namespace PREFIX-sw with bridge br0, hosts PREFIX-h1,
-# PREFIX-h2 with eth0 = 192.168.100.<i>/24 on it, forwarding on.
-hosts() {
-    local P=$1 i h
-    newns "$P-sw"
-    ip -n "$P-sw" link add br0 type bridge
-    ip -n "$P-sw" link set br0 up
-    for i in 1 2; do
-        h="$P-h$i"
-        newns "$h"
-        ip link add "${P}v$i" type veth peer name eth0 netns "$h"
-        ip link set "${P}v$i" netns "$P-sw"
-        ip -n "$P-sw" link set "${P}v$i" master br0 up
-        ip -n "$h" addr add "192.168.100.$i/24" dev eth0
-        ip -n "$h" link set eth0 up
-        ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
+# fwd_rules PREFIX I: waits for flanneld's forward rules on host I (the
+# baseline copies them).
+fwd_rules() {
+    local P=$1 i=$2
+    for _ in $(seq 1 100); do
+        ip netns exec "$P-h$i" iptables -S FLANNEL-FWD 2>/dev/null | grep -q ACCEPT && break
+        sleep 0.05
     done
+    ip netns exec "$P-h$i" iptables -S FLANNEL-FWD 2>/dev/null | grep -q ACCEPT \
+        || { echo "ours/$B host $i: no FLANNEL-FWD rules; log:"; cat "$WORK/$P/h$i/flanneld.log"; exit 1; }
 }
 
 # ours BACKEND PREFIX: flanneld per host + one pod per host through our CNI.
 # udp-batch is the udp backend with FLANNEL_UDP_OFFLOAD=off.
-FLANNELD_PIDS=()
 ours() {
-    local B=$1 P=$2 i d out type=$1 offload=on
+    local B=$1 P=$2 i type=$1 offload=on
     [ "$B" = udp-batch ] && { type=udp; offload=off; }
     hosts "$P"
     mkdir -p "$WORK/$P/store"
     echo "{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"$type\"}}" >"$WORK/$P/store/config"
     FLANNELD_PIDS=()
     for i in 1 2; do
-        d="$WORK/$P/h$i"
-        mkdir -p "$d"
-        ip netns exec "$P-h$i" env FLANNEL_UDP_OFFLOAD=$offload "$BIN/flanneld" --iface=eth0 "--subnet-file=$d/subnet.env" \
-            --subnet-manager=local "--local-store-dir=$WORK/$P/store" >"$d/flanneld.log" 2>&1 &
-        PIDS+=($!)
-        FLANNELD_PIDS+=($!)
+        start_flanneld "$P" "$i" FLANNEL_UDP_OFFLOAD=$offload
     done
-    for i in 1 2; do
-        d="$WORK/$P/h$i"
-        for _ in $(seq 1 300); do [ -s "$d/subnet.env" ] && break; sleep 0.05; done
-        [ -s "$d/subnet.env" ] || { echo "ours/$B host $i: no subnet.env; log:"; cat "$d/flanneld.log"; exit 1; }
-        # The baseline copies these rules: wait for flanneld's forward rules.
-        for _ in $(seq 1 100); do
-            ip netns exec "$P-h$i" iptables -S FLANNEL-FWD 2>/dev/null | grep -q ACCEPT && break
-            sleep 0.05
-        done
-        ip netns exec "$P-h$i" iptables -S FLANNEL-FWD 2>/dev/null | grep -q ACCEPT \
-            || { echo "ours/$B host $i: no FLANNEL-FWD rules; log:"; cat "$d/flanneld.log"; exit 1; }
-        newns "$P-p$i"
-        cat >"$d/cni.conf" <<EOF
-{"cniVersion": "0.3.1", "name": "$NETNAME", "type": "flannel",
- "subnetFile": "$d/subnet.env", "dataDir": "$d/cni",
- "delegate": {"hairpinMode": true, "isDefaultGateway": true}}
-EOF
-        out=$(ip netns exec "$P-h$i" env CNI_COMMAND=ADD CNI_CONTAINERID="bench$i" CNI_NETNS="/run/netns/$P-p$i" \
-            CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$BIN/flannel" <"$d/cni.conf" 2>"$d/cni.log") \
-            || { echo "CNI ADD failed on host $i: $out"; exit 1; }
-    done
-}
-
-# lease_net OURS I: the network address of host I's lease in topology OURS
-# (FLANNEL_SUBNET=10.244.33.1/24 -> 10.244.33.0).
-lease_net() {
-    local first
-    first=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$1/h$2/subnet.env")
-    first=${first%/*}
-    echo "${first%.*}.0"
+    cni_pods "$P" "ours/$B" bench fwd_rules
 }
 
 # rules NS: NS's iptables and ip6tables rules without comments and counters.
@@ -206,67 +152,6 @@ baseline() {
     done
 }
 
-podip() { ip -n "$1" -4 -o addr show dev eth0 | awk '{split($4, a, "/"); print a[1]}'; }
-
-# server PREFIX: iperf3 server in pod 2 (tracked in PIDS, so not in a subshell).
-server() {
-    local P=$1
-    ip netns exec "$P-p2" iperf3 -s -B "$(podip "$P-p2")" >"$WORK/$P-iperf3-server.log" 2>&1 &
-    PIDS+=($!)
-}
-
-# ready PREFIX: iperf3 listens in pod 2 and pod 1 reaches it; prints pod 2's IP.
-ready() {
-    local P=$1 dst
-    dst=$(podip "$P-p2")
-    for _ in $(seq 1 100); do
-        [ -n "$(ip netns exec "$P-p2" ss -Htln 'sport = :5201')" ] && break
-        sleep 0.1
-    done
-    for _ in $(seq 1 50); do
-        ip netns exec "$P-p1" ping -c 1 -W 1 -q "$dst" >/dev/null 2>&1 && { echo "$dst"; return 0; }
-        sleep 0.2
-    done
-    echo "$P: pod 1 cannot reach pod 2 ($dst)" >&2
-    return 1
-}
-
-# cpu_ticks PID...: the processes' user + system CPU time, in clock ticks.
-cpu_ticks() {
-    local pid t=0 f
-    for pid in "$@"; do
-        f=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || f=0
-        t=$((t + ${f:-0}))
-    done
-    echo "$t"
-}
-HZ=$(getconf CLK_TCK)
-
-# measure PREFIX DST STREAMS [PID...]: prints the received Gbit/s of one
-# iperf3 run and the CPU used (in % of one core: iperf3 at both ends plus
-# the processes PID..., e.g. flanneld), separated by a space.
-measure() {
-    local P=$1 dst=$2 n=$3 f="$WORK/$1-iperf3.json" try v c0 c1 t0 t1 cpu
-    shift 3
-    for try in 1 2 3; do
-        c0=$(cpu_ticks "$@")
-        t0=$(date +%s.%N)
-        if ip netns exec "$P-p1" iperf3 -c "$dst" -t "$SECS" -P "$n" -J >"$f" 2>&1 &&
-            v=$(jq -er '.end.sum_received.bits_per_second / 1e9' "$f" 2>/dev/null); then
-            c1=$(cpu_ticks "$@")
-            t1=$(date +%s.%N)
-            cpu=$(jq -r '.end.cpu_utilization_percent | .host_total + .remote_total' "$f")
-            cpu=$(awk -v i="$cpu" -v a="$c0" -v b="$c1" -v hz="$HZ" -v s="$t0" -v e="$t1" \
-                'BEGIN {printf "%.1f", i + (b - a) / hz / (e - s) * 100}')
-            echo "$v $cpu"
-            return 0
-        fi
-        echo "  iperf3 failed (try $try): $(jq -r '.error // empty' "$f" 2>/dev/null || head -c 200 "$f")" >&2
-        sleep 1
-    done
-    exit 1
-}
-
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 label() { if [ "$1" = 1 ]; then echo "$2 1 stream"; else echo "$2 $1 streams"; fi; }
 
@@ -295,8 +180,8 @@ for B in "${BACKENDS[@]}"; do
     for r in $(seq 1 $RUNS); do
         for n in "${STREAMS[@]}"; do
             name=$(label "$n" "$B")
-            read -r o oc < <(measure "${TAG}o" "$DST_O" "$n" "${FLANNELD_PIDS[@]}")
-            read -r b bc < <(measure "${TAG}b" "$DST_B" "$n")
+            read -r o oc _ < <(measure "${TAG}o" "$DST_O" "$n" "${FLANNELD_PIDS[@]}")
+            read -r b bc _ < <(measure "${TAG}b" "$DST_B" "$n")
             [ -n "${o:-}" ] && [ -n "${b:-}" ] || { echo "iperf3 failed for $name" >&2; exit 1; }
             OURS[$name]+=" $o"
             BASE[$name]+=" $b"

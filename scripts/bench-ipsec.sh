@@ -21,12 +21,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. scripts/lib-bench.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,21p' "$0"; exit 0 ;; esac
-SECS=${1:-5}
-[[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "bench-ipsec.sh needs root (network namespaces)" >&2; exit 1; }
+bench_args "$@"
 PACKAGES=(iproute2 iperf3 jq strongswan-charon strongswan-swanctl libcharon-extra-plugins
           libstrongswan-standard-plugins libstrongswan-extra-plugins)
 ensure_packages "${PACKAGES[@]}"
@@ -35,34 +33,19 @@ OUT="$ROOT/target/bench-ipsec.jsonl"
 mkdir -p "$ROOT/target"
 WORK=$(mktemp -d /tmp/flannel-bench-ipsec.XXXXXX)
 P="fbi$$"
-NAMESPACES=()
-PIDS=()
 cleanup() {
-    set +e
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    teardown
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-newns() { ip netns add "$1"; NAMESPACES+=("$1"); ip -n "$1" link set lo up; }
-
-# topology: switch + 2 hosts (192.168.100.i) + a pod behind each (10.60.i.2,
-# gateway 10.60.i.1 on the host).
-newns "$P-sw"
-ip -n "$P-sw" link add br0 type bridge
-ip -n "$P-sw" link set br0 up
+# topology: switch + 2 hosts (192.168.100.i, lib-bench.sh's `hosts`) + a pod
+# behind each (10.60.i.2, gateway 10.60.i.1 on the host).
+hosts "$P"
 for i in 1 2; do
     h="$P-h$i"; p="$P-p$i"
-    newns "$h"; newns "$p"
-    ip link add "${P}v$i" type veth peer name eth0 netns "$h"
-    ip link set "${P}v$i" netns "$P-sw"
-    ip -n "$P-sw" link set "${P}v$i" master br0 up
-    ip -n "$h" addr add "192.168.100.$i/24" dev eth0
-    ip -n "$h" link set eth0 up
-    ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
+    newns "$p"
     ip -n "$h" link add pod type veth peer name eth0 netns "$p"
     ip -n "$h" addr add "10.60.$i.1/24" dev pod
     ip -n "$h" link set pod up

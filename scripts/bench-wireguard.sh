@@ -25,12 +25,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. scripts/lib-bench.sh
 ROOT=$(pwd)
 
-case "${1:-}" in -h|--help) sed -n '2,24p' "$0"; exit 0 ;; esac
-SECS=${1:-5}
-[[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SECONDS]  (a positive integer)" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || { echo "bench-wireguard.sh needs root (network namespaces)" >&2; exit 1; }
+bench_args "$@"
 
 PACKAGES=(iproute2 iputils-ping iperf3 jq containernetworking-plugins iptables wireguard-tools
           protobuf-compiler libprotobuf-dev)
@@ -52,75 +50,20 @@ OUT="$ROOT/target/bench-wireguard.jsonl"
 WORK=$(mktemp -d /tmp/flannel-bench-wg.XXXXXX)
 TAG="wb$$"
 NETNAME="flannel-bench-wg-$$"
-NAMESPACES=()
-PIDS=()
-cleanup() {
-    set +e
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    PIDS=()
-    for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
-    NAMESPACES=()
-}
-trap 'cleanup; rm -rf "$WORK" "/var/lib/cni/networks/$NETNAME"' EXIT
+trap 'teardown; rm -rf "$WORK" "/var/lib/cni/networks/$NETNAME"' EXIT
 trap 'exit 130' INT TERM
-
-newns() { ip netns add "$1"; NAMESPACES+=("$1"); ip -n "$1" link set lo up; }
-
-hosts() {
-    local P=$1 i h
-    newns "$P-sw"
-    ip -n "$P-sw" link add br0 type bridge
-    ip -n "$P-sw" link set br0 up
-    for i in 1 2; do
-        h="$P-h$i"
-        newns "$h"
-        ip link add "${P}v$i" type veth peer name eth0 netns "$h"
-        ip link set "${P}v$i" netns "$P-sw"
-        ip -n "$P-sw" link set "${P}v$i" master br0 up
-        ip -n "$h" addr add "192.168.100.$i/24" dev eth0
-        ip -n "$h" link set eth0 up
-        ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
-    done
-}
-
-podip() { ip -n "$1" -4 -o addr show dev eth0 | awk '{split($4, a, "/"); print a[1]}'; }
 
 # ours PREFIX: flanneld (wireguard) per host + one pod per host through our CNI.
 ours() {
-    local P=$1 i d out
+    local P=$1 i d
     hosts "$P"
     mkdir -p "$WORK/$P/store"
     echo '{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard"}}' >"$WORK/$P/store/config"
     for i in 1 2; do
         d="$WORK/$P/h$i"
-        mkdir -p "$d"
-        ip netns exec "$P-h$i" env WIREGUARD_KEY_FILE="$d/wgkey" FLANNEL_WIREGUARD_SOCKET_DIR="$d/wg" \
-            "$BIN/flanneld" --iface=eth0 "--subnet-file=$d/subnet.env" \
-            --subnet-manager=local "--local-store-dir=$WORK/$P/store" >"$d/flanneld.log" 2>&1 &
-        PIDS+=($!)
+        start_flanneld "$P" "$i" WIREGUARD_KEY_FILE="$d/wgkey" FLANNEL_WIREGUARD_SOCKET_DIR="$d/wg"
     done
-    for i in 1 2; do
-        d="$WORK/$P/h$i"
-        for _ in $(seq 1 300); do [ -s "$d/subnet.env" ] && break; sleep 0.05; done
-        [ -s "$d/subnet.env" ] || { echo "ours host $i: no subnet.env; log:"; cat "$d/flanneld.log"; exit 1; }
-        newns "$P-p$i"
-        cat >"$d/cni.conf" <<EOF
-{"cniVersion": "0.3.1", "name": "$NETNAME", "type": "flannel",
- "subnetFile": "$d/subnet.env", "dataDir": "$d/cni",
- "delegate": {"hairpinMode": true, "isDefaultGateway": true}}
-EOF
-        out=$(ip netns exec "$P-h$i" env CNI_COMMAND=ADD CNI_CONTAINERID="wgbench$i" CNI_NETNS="/run/netns/$P-p$i" \
-            CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$BIN/flannel" <"$d/cni.conf" 2>"$d/cni.log") \
-            || { echo "CNI ADD failed on host $i: $out"; exit 1; }
-    done
-}
-
-lease_net() {
-    local first
-    first=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$1/h$2/subnet.env")
-    first=${first%/*}
-    echo "${first%.*}.0"
+    cni_pods "$P" ours wgbench
 }
 
 # pods PREFIX MTU: cni0 bridge, pod veth, addresses as in ours.
@@ -188,26 +131,13 @@ vxlan() {
     pods "$P" 1450
 }
 
-busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
-
-# run PREFIX: iperf3 pod 1 -> pod 2; prints "Gbit/s busy-cores".
+# run PREFIX: iperf3 pod 1 -> pod 2 (the server started by `server`, in
+# this shell so that teardown stops it); prints "Gbit/s busy-cores".
 run() {
-    local P=$1 dst f="$WORK/$1-iperf3.json" b0 t0 b1 t1 gbps
-    dst=$(podip "$P-p2")
-    ip netns exec "$P-p2" iperf3 -s -1 -B "$dst" >/dev/null 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 100); do [ -n "$(ip netns exec "$P-p2" ss -Htln 'sport = :5201')" ] && break; sleep 0.1; done
-    local t=0
-    until ip netns exec "$P-p1" ping -c 1 -W 1 -q "$dst" >/dev/null 2>&1; do
-        t=$((t + 1)); [ $t -lt 30 ] || { echo "$P: pod 1 cannot reach pod 2" >&2; exit 1; }
-    done
-    read -r b0 t0 < <(busy)
-    ip netns exec "$P-p1" iperf3 -c "$dst" -t "$SECS" -J >"$f"
-    read -r b1 t1 < <(busy)
-    gbps=$(jq -er '.end.sum_received.bits_per_second / 1e9' "$f")
-    # Busy cores: busy jiffies over all jiffies, times the core count.
-    awk -v g="$gbps" -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v n="$(nproc)" \
-        'BEGIN { printf "%.3f %.3f\n", g, (t > 0 ? b / t * n : 0) }'
+    local P=$1 dst g cores
+    dst=$(ready "$P")
+    read -r g _ cores < <(measure "$P" "$dst" 1)
+    awk -v g="$g" -v c="$cores" 'BEGIN { printf "%.3f %.3f\n", g, c }'
 }
 
 declare -A POD
@@ -216,21 +146,24 @@ ours "${TAG}o"
 grep -h "userspace WireGuard device" "$WORK/${TAG}o"/h*/flanneld.log | sed 's/^/  /'
 POD[1]=$(podip "${TAG}o-p1")
 POD[2]=$(podip "${TAG}o-p2")
+server "${TAG}o"
 read -r OURS_G OURS_C < <(run "${TAG}o")
 echo "  ours: $OURS_G Gbit/s, $OURS_C busy cores"
-cleanup
+teardown
 
 say "boringtun-cli configured with wg"
 boringtun "${TAG}b"
+server "${TAG}b"
 read -r BT_G BT_C < <(run "${TAG}b")
 echo "  boringtun-cli: $BT_G Gbit/s, $BT_C busy cores"
-cleanup
+teardown
 
 say "kernel vxlan (unencrypted ceiling)"
 vxlan "${TAG}x"
+server "${TAG}x"
 read -r VX_G VX_C < <(run "${TAG}x")
 echo "  kernel vxlan: $VX_G Gbit/s, $VX_C busy cores"
-cleanup
+teardown
 
 per() { awk -v c="$1" -v g="$2" 'BEGIN { printf "%.3f", (g > 0 ? c / g : 0) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }

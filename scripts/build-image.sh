@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the flanneld OCI image offline from Debian packages (no registry
 # pull): a `debootstrap --variant=minbase` root of Debian bookworm with
-# iptables, nftables, iproute2 and ca-certificates, our Debian package
+# iptables, nftables, iproute2, ca-certificates, strongSwan's charon (the
+# ipsec backend) and wireguard-tools (`wg`), our Debian package
 # installed into it with dpkg, upstream's paths (/opt/bin/flanneld,
 # /opt/bin/mk-docker-opts.sh, /opt/cni/bin/flannel, /flannel), packed as an
 # OCI image layout with umoci.
@@ -24,9 +25,28 @@ cd "$(dirname "$0")/.."
 
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-# What the image carries besides minbase: the tools flanneld drives and the
-# CA bundle for etcd/Kubernetes/cloud TLS.
-IMAGE_PACKAGES=(iptables nftables iproute2 ca-certificates)
+# What the image carries besides minbase, as upstream's image does: the
+# tools flanneld drives, the CA bundle for etcd/Kubernetes/cloud TLS,
+# strongSwan's charon for the ipsec backend and wg(8) for the wireguard one.
+# debootstrap follows Depends only (no Recommends). charon: Debian installs
+# it at /usr/lib/ipsec/charon, on flanneld's search list; only the plugin
+# packages the ipsec backend's IKEv2/PSK connections need:
+#   strongswan-charon               charon; pulls strongswan-libcharon
+#                                   (socket-default), libstrongswan (aes,
+#                                   sha2, hmac, gmp for modp4096, kdf, nonce,
+#                                   random, kernel-netlink) and
+#                                   strongswan-starter (a hard dependency);
+#   strongswan-swanctl              the vici plugin flanneld talks to, and
+#                                   swanctl to look at charon;
+#   libstrongswan-standard-plugins  openssl (ecp256 of the default ESP
+#                                   proposal) and gcm; 0.4 MB, its libssl3
+#                                   and libip4tc2 are already in the root.
+# Left out: libcharon-extra-plugins (kernel-libipsec, EAP, ...) and
+# libstrongswan-extra-plugins (curve25519, curl, ldap, tpm, ...): not used by
+# flannel's proposals, and the latter pulls curl, ldap and tpm libraries.
+IMAGE_PACKAGES=(iptables nftables iproute2 ca-certificates
+                strongswan-charon strongswan-swanctl libstrongswan-standard-plugins
+                wireguard-tools)
 IMAGE_NAME=ghcr.io/flannel-rs/flanneld
 CACHE=${FLANNEL_IMAGE_CACHE:-/var/tmp/flannel-rs-image}
 

@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. scripts/lib-bench.sh
 ROOT=$(pwd)
 
 BACKEND=vxlan
@@ -82,23 +83,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "topology: $HOSTS hosts on bridge br0 (192.168.100.0/24)"
-ip netns add "$SW"
-ip -n "$SW" link set lo up
-ip -n "$SW" link add br0 type bridge
-ip -n "$SW" link set br0 up
+hosts "$TAG" "$HOSTS"
 ip -n "$SW" addr add 192.168.100.254/24 dev br0
-for i in $(seq 1 $HOSTS); do
-    h="${TAG}-h$i"
-    ip netns add "$h"
-    ip -n "$h" link set lo up
-    ip link add "${TAG}v$i" type veth peer name eth0 netns "$h"
-    ip link set "${TAG}v$i" netns "$SW"
-    ip -n "$SW" link set "${TAG}v$i" master br0 up
-    ip -n "$h" addr add "192.168.100.$i/24" dev eth0
-    ip -n "$h" link set eth0 up
-    ip netns exec "$h" sysctl -qw net.ipv4.ip_forward=1
-    mkdir -p "$WORK/h$i"
-done
+for i in $(seq 1 $HOSTS); do mkdir -p "$WORK/h$i"; done
 
 NETCONF="{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"$BACKEND\"}}"
 STORE_ARGS=()

@@ -11,7 +11,10 @@
 #      mk-docker-opts.sh run; `dpkg -r` and `--purge` remove them;
 #   4. the OCI image: built from that package, unpacked by umoci and run with
 #      runc in a new network namespace: `flanneld --version`,
-#      `iptables -t nat -L`, `nft list ruleset`, `mk-docker-opts.sh`;
+#      `iptables -t nat -L`, `nft list ruleset`, `mk-docker-opts.sh`,
+#      `wg --version`, charon where flanneld looks for it, and flanneld with
+#      the ipsec backend (local store) starting the image's charon, loading
+#      its PSK over VICI and writing subnet.env;
 #   5. the documentation site: built and checked (flannel-docs).
 #
 #   scripts/test-packaging.sh [--bin-dir target/debug]
@@ -149,10 +152,13 @@ if need umoci runc jq; then
         check "the image's entrypoint is /opt/bin/flanneld" \
             sh -c "jq -e '.process.args[0] == \"/opt/bin/flanneld\"' '$bundle/config.json'"
         # run ARGS...: the image's default runtime config (new pid, network,
-        # ipc, uts and mount namespaces) with ARGS as the process and the
-        # capabilities iptables needs.
+        # ipc, uts and mount namespaces) with ARGS as the process (each one
+        # a JSON string, so a multi-line `sh -c` script stays one argument)
+        # and the capabilities iptables and charon need.
         run() {
-            jq --argjson args "$(printf '%s\n' "$@" | jq -R . | jq -s .)" '
+            local args
+            args=$(for a in "$@"; do jq -n --arg a "$a" '$a'; done | jq -sc .)
+            jq --argjson args "$args" '
                 .process.args = $args | .process.terminal = false
                 | .process.capabilities |= with_entries(.value = (.value + ["CAP_NET_ADMIN", "CAP_NET_RAW"] | unique))' \
                 "$bundle/config.json" > "$bundle/config.json.new" && mv "$bundle/config.json.new" "$bundle/config.json"
@@ -170,6 +176,49 @@ if need umoci runc jq; then
         if grep -q 'table ip probe' <<<"$out"; then ok "runc: nft list ruleset"; else fail "runc: nft: $out"; fi
         out=$(run sh -c 'printf "FLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1450\n" >/tmp/s.env && /opt/bin/mk-docker-opts.sh -f /tmp/s.env -d /tmp/o.env -i && cat /tmp/o.env' 2>&1)
         if grep -qx 'DOCKER_OPT_BIP="--bip=10.1.74.1/24"' <<<"$out"; then ok "runc: /opt/bin/mk-docker-opts.sh"; else fail "runc: mk-docker-opts.sh: $out"; fi
+        out=$(run wg --version 2>&1)
+        if grep -q '^wireguard-tools v' <<<"$out"; then ok "runc: wg --version"; else fail "runc: wg --version: $out"; fi
+        # Debian's charon is where flanneld's search list (after $PATH) has it.
+        charon=/usr/lib/ipsec/charon
+        if grep -q "\"$charon\"" flannel-backend-ipsec/src/charon.rs \
+           && run test -x "$charon" >/dev/null 2>&1; then
+            ok "runc: charon at $charon, on flanneld's search list"
+        else
+            fail "runc: no charon at $charon, or flannel-backend-ipsec's SEARCH_PATHS lacks it"
+        fi
+        # flanneld with the ipsec backend on the local store, on a veth of
+        # the container's own network namespace (CAP_NET_ADMIN and
+        # CAP_NET_RAW only): it finds and starts the image's charon (no
+        # --charon-executable-path), loads its PSK over the VICI socket and
+        # writes subnet.env; swanctl then lists charon's plugins.
+        psk=$(printf 'k%.0s' $(seq 1 96))
+        out=$(run sh -c '
+            ip link add flannel-probe type veth peer name flannel-peer && ip link set flannel-peer up \
+                && ip addr add 192.0.2.10/24 dev flannel-probe && ip link set flannel-probe up || exit 1
+            mkdir -p /run/flannel/store
+            printf "{\"Network\": \"10.5.0.0/16\", \"Backend\": {\"Type\": \"ipsec\", \"PSK\": \"%s\"}}" "$1" \
+                >/run/flannel/store/config
+            /opt/bin/flanneld --iface=flannel-probe --subnet-manager=local --local-store-dir=/run/flannel/store \
+                --subnet-file=/run/flannel/subnet.env >/tmp/flanneld.log 2>&1 &
+            for _ in $(seq 1 150); do [ -s /run/flannel/subnet.env ] && break; sleep 0.1; done
+            test -S /run/charon.vici && echo "vici socket: yes"
+            swanctl --stats 2>/dev/null | grep "^loaded plugins:"
+            kill $!; wait
+            cat /run/flannel/subnet.env /tmp/flanneld.log' probe "$psk" 2>&1)
+        missing=""
+        for want in "starting charon: $charon" "vici socket: yes" "loaded IKE shared key with id 'flannel-192.0.2.10'" \
+                    "FLANNEL_NETWORK=10.5.0.0/16" "charon stopped"; do
+            grep -qF -- "$want" <<<"$out" || missing+=" [$want]"
+        done
+        plugins=$(sed -n 's/^loaded plugins: //p' <<<"$out" | head -1)
+        for p in vici kernel-netlink socket-default openssl gmp aes sha2; do
+            grep -qw -- "$p" <<<"$plugins" || missing+=" [plugin $p]"
+        done
+        if [ -z "$missing" ]; then
+            ok "runc: flanneld (ipsec) starts the image's charon, loads its PSK over VICI, writes subnet.env"
+        else
+            fail "runc: flanneld with the ipsec backend: missing$missing in:"; sed 's/^/    /' <<<"$out" >&2
+        fi
         image_size=$(du -b "$layout"/blobs/sha256/* | sort -n | tail -1 | cut -f1)
         rootfs_size=$(du -sb "$bundle/rootfs" | cut -f1)
     fi

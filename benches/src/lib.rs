@@ -1,8 +1,13 @@
 //! Shared helpers for the benchmark programs in `src/bin`: timing and the
 //! report line format (figure, kind, baseline, ratio). The programs that run
-//! flanneld use `flannel_testutil::cluster`, the e2e tests' cluster.
+//! flanneld use `flannel_testutil::cluster`, the e2e tests' cluster; the
+//! footprint programs share their `main` ([`cluster_main`]), their route
+//! wait ([`wait_routes`]) and their memory reading ([`settled_memory`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use flannel_netlink::{Family, Netlink};
+use flannel_testutil::cluster::{Backing, Cluster, Memory};
 
 /// What a figure's ratio to its baseline means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,4 +143,75 @@ pub fn in_ns<T: Send>(
         rt.block_on(f())
     })
     .map_err(err)?
+}
+
+/// Prints the figures the way every program ends: one table row each, then
+/// one JSON line each (what `scripts/bench.sh` collects).
+pub fn print_figures(figures: &[Figure]) {
+    for f in figures {
+        println!("{}", f.row());
+    }
+    for f in figures {
+        println!("{}", f.to_json());
+    }
+}
+
+/// The `main` of a program measuring flanneld on a cluster: the first
+/// argument is the load size N (`default_n` without one); a cluster of
+/// `hosts` network-namespace hosts named after `tag`, on `backing` with the
+/// network configuration `config`, runs [`flanneld_bin`]; `bench` measures
+/// on it with N. The cluster is stopped before the figures are printed, so
+/// its teardown messages come before them.
+pub fn cluster_main(
+    tag: &str,
+    hosts: usize,
+    backing: Backing,
+    config: &str,
+    default_n: usize,
+    bench: impl FnOnce(&mut Cluster, usize) -> Res<Vec<Figure>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(default_n);
+    let bin = flanneld_bin()?;
+    let mut c = Cluster::new(&bin, tag, hosts, false, backing, config);
+    let figures = bench(&mut c, n)?;
+    drop(c);
+    print_figures(&figures);
+    Ok(())
+}
+
+/// Waits until `dev` on host `i` (0-based) carries at least `n` IPv4 routes,
+/// dumping the routes over netlink every 10 ms; returns how long that took.
+/// Fails after `timeout`, with the count reached and the end of the host's
+/// flanneld log.
+pub fn wait_routes(c: &Cluster, i: usize, dev: &str, n: usize, timeout: Duration) -> Res<Duration> {
+    let start = Instant::now();
+    let res = in_ns(c.host(i), async move || {
+        let (nl, conn) = Netlink::connect().map_err(err)?;
+        tokio::spawn(conn);
+        let mut count = 0;
+        while start.elapsed() < timeout {
+            if let Some(link) = nl.link_by_name(dev).await.map_err(err)? {
+                let routes = nl.routes(Family::V4).await.map_err(err)?;
+                count = routes.iter().filter(|r| r.oif == Some(link.index)).count();
+                if count >= n {
+                    return Ok(start.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(format!("{count} of {n} routes on {dev} after {timeout:?}"))
+    });
+    res.map_err(|e| format!("host {}: {e}; flanneld log:\n{}", i + 1, c.log_tail(i, 15)))
+}
+
+/// The memory of host `i`'s flanneld, read `settle` from now: the pause
+/// lets the work that programmed the routes finish and free its buffers, so
+/// the reading is the steady state, not a peak.
+pub fn settled_memory(c: &mut Cluster, i: usize, settle: Duration) -> Res<Memory> {
+    std::thread::sleep(settle);
+    c.daemon(i).memory().map_err(err)
 }

@@ -14,7 +14,7 @@
 //! Prints one row per figure and the figures as JSON lines.
 
 use etcd_client::{GetOptions, PutOptions, Txn, TxnOp};
-use flannel_benches::{Figure, Kind, median_ms};
+use flannel_benches::{Figure, Kind, median_ms, print_figures};
 use flannel_core::lease::LeaseAttrs;
 use flannel_core::manager::{AcquireRequest, SubnetManager};
 use flannel_subnet::etcd::{EtcdConfig, EtcdStore, LIST_PAGE, prefix_end};
@@ -141,11 +141,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         baseline_name: "raw etcd range read of all leases".into(),
         baseline: median_ms(&mut raw),
     };
-    for f in [&list_fig, &fig] {
-        println!("{}", f.row());
-    }
-    for f in [&list_fig, &fig] {
-        println!("{}", f.to_json());
-    }
+    print_figures(&[list_fig, fig]);
     Ok(())
 }

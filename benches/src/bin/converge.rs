@@ -22,7 +22,7 @@
 //! route waits for, not another way of programming it.
 
 use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchOptions};
-use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, in_ns, median_ms};
+use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, in_ns, median_ms, print_figures};
 use flannel_netlink::{Family, Netlink};
 use flannel_testutil::cluster::{Backing, Cluster};
 use flannel_testutil::netns::NetNs;
@@ -467,11 +467,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     c.start_all();
     let figures = bench(&mut c)?;
     drop(c);
-    for f in &figures {
-        println!("{}", f.row());
-    }
-    for f in &figures {
-        println!("{}", f.to_json());
-    }
+    print_figures(&figures);
     Ok(())
 }

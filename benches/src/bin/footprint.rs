@@ -20,8 +20,9 @@
 //! flanneld start).
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, in_ns, median_ms};
-use flannel_netlink::{Family, Netlink};
+use flannel_benches::{
+    Figure, Kind, Res, cluster_main, err, median_ms, settled_memory, wait_routes,
+};
 use flannel_testutil::cluster::{Backing, Cluster};
 use std::fs;
 use std::process::Command;
@@ -34,30 +35,6 @@ const CONFIG: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "SubnetMin": 
 const DEV: &str = "flannel.1";
 const TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(1);
-
-/// Waits until `flannel.1` in host 1 carries `n` routes; returns how long
-/// that took.
-fn wait_routes(c: &Cluster, n: usize) -> Res<Duration> {
-    let ns = c.host(0);
-    let start = Instant::now();
-    let res = in_ns(ns, async move || {
-        let (nl, conn) = Netlink::connect().map_err(err)?;
-        tokio::spawn(conn);
-        let mut count = 0;
-        while start.elapsed() < TIMEOUT {
-            if let Some(dev) = nl.link_by_name(DEV).await.map_err(err)? {
-                let routes = nl.routes(Family::V4).await.map_err(err)?;
-                count = routes.iter().filter(|r| r.oif == Some(dev.index)).count();
-                if count >= n {
-                    return Ok(start.elapsed());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Err(format!("{count} of {n} routes on {DEV} after {TIMEOUT:?}"))
-    });
-    res.map_err(|e| format!("{e}; flanneld log:\n{}", c.log_tail(0, 15)))
-}
 
 /// Stops host 1's flanneld and removes what its start left: `flannel.1`
 /// and `subnet.env`.
@@ -105,9 +82,8 @@ fn rss_with(c: &mut Cluster, routes: usize) -> Res<f64> {
     reset(c);
     c.start(0, &[]);
     c.wait_env_within(0, None, TIMEOUT);
-    let took = wait_routes(c, routes)?;
-    std::thread::sleep(SETTLE);
-    let mem = c.daemon(0).memory().map_err(err)?;
+    let took = wait_routes(c, 0, DEV, routes, TIMEOUT)?;
+    let mem = settled_memory(c, 0, SETTLE)?;
     eprintln!(
         "{routes} remote leases: routes programmed {took:?} after subnet.env; \
          VmRSS {:.1} MiB, VmHWM {:.1} MiB",
@@ -202,20 +178,5 @@ fn bench(c: &mut Cluster, n: usize) -> Res<Vec<Figure>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5_000);
-    let bin = flanneld_bin()?;
-    let mut c = Cluster::new(&bin, "bfoot", 1, false, Backing::Etcd, CONFIG);
-    let figures = bench(&mut c, n)?;
-    drop(c);
-    for f in &figures {
-        println!("{}", f.row());
-    }
-    for f in &figures {
-        println!("{}", f.to_json());
-    }
-    Ok(())
+    cluster_main("bfoot", 1, Backing::Etcd, CONFIG, 5_000, bench)
 }

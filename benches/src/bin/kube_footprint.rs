@@ -16,7 +16,9 @@
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON
 //! lines.
 
-use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, in_ns, median_ms};
+use flannel_benches::{
+    Figure, Kind, Res, cluster_main, err, in_ns, median_ms, settled_memory, wait_routes,
+};
 use flannel_netlink::{Family, Netlink};
 use flannel_testutil::cluster::{Backing, Cluster};
 use flannel_testutil::kube::node_json;
@@ -54,36 +56,6 @@ fn load_node(name: &str, i: usize) -> serde_json::Value {
         ],
         None,
     )
-}
-
-/// Routes on `flannel.1` of host `i`.
-fn route_count(c: &Cluster, i: usize) -> usize {
-    c.host(i)
-        .ip(&["-4", "route", "show", "dev", DEV])
-        .map(|o| o.lines().count())
-        .unwrap_or(0)
-}
-
-fn wait_route_count(c: &Cluster, i: usize, n: usize) -> Res<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < TIMEOUT {
-        if route_count(c, i) >= n {
-            return Ok(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!(
-        "host {}: {} of {n} routes on {DEV} after {TIMEOUT:?}; log:\n{}",
-        i + 1,
-        route_count(c, i),
-        c.log_tail(i, 15)
-    ))
-}
-
-fn rss(c: &mut Cluster) -> Res<f64> {
-    std::thread::sleep(SETTLE);
-    let mem = c.daemon(0).memory().map_err(err)?;
-    Ok(mem.rss_mib)
 }
 
 /// When a route to `dst/24` shows up in `ns` (netlink dumps every 0.5 ms).
@@ -181,11 +153,11 @@ fn bench(c: &mut Cluster, n: usize) -> Res<Vec<Figure>> {
     // host 1's flanneld watches no other flannel Node.
     c.start(0, &[]);
     c.wait_env_within(0, None, TIMEOUT);
-    let rss0 = rss(c)?;
+    let rss0 = settled_memory(c, 0, SETTLE)?.rss_mib;
     eprintln!("no other flannel Node: VmRSS {rss0:.1} MiB");
     c.start(1, &[]);
     c.wait_env_within(1, None, TIMEOUT);
-    wait_route_count(c, 0, 1)?;
+    wait_routes(c, 0, DEV, 1, TIMEOUT)?;
 
     let mut ours = converge(c)?;
     let mut base = raw_watch(c)?;
@@ -197,8 +169,8 @@ fn bench(c: &mut Cluster, n: usize) -> Res<Vec<Figure>> {
         c.kube_api().apply_node(load_node(&format!("load-{i}"), i));
     }
     eprintln!("wrote {n} Nodes in {:?}", t.elapsed());
-    let took = wait_route_count(c, 0, n + 1)?;
-    let rss_n = rss(c)?;
+    let took = wait_routes(c, 0, DEV, n + 1, TIMEOUT)?;
+    let rss_n = settled_memory(c, 0, SETTLE)?.rss_mib;
     eprintln!(
         "{} other flannel Nodes: routes programmed {took:?} after the last write; VmRSS {rss_n:.1} MiB",
         n + 1
@@ -224,20 +196,5 @@ fn bench(c: &mut Cluster, n: usize) -> Res<Vec<Figure>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5_000);
-    let bin = flanneld_bin()?;
-    let mut c = Cluster::new(&bin, "bkube", 2, false, Backing::Kube, CONFIG);
-    let figures = bench(&mut c, n)?;
-    drop(c);
-    for f in &figures {
-        println!("{}", f.row());
-    }
-    for f in &figures {
-        println!("{}", f.to_json());
-    }
-    Ok(())
+    cluster_main("bkube", 2, Backing::Kube, CONFIG, 5_000, bench)
 }

@@ -22,7 +22,7 @@
 
 use flannel_backend_vxlan::VxlanNetwork;
 use flannel_backend_vxlan::state::{DeviceState, DeviceView, desired_state};
-use flannel_benches::{Figure, Kind, Res, median_ms};
+use flannel_benches::{Figure, Kind, Res, median_ms, print_figures};
 use flannel_core::backend::{ExternalInterface, HostContext, Network, RegisterContext};
 use flannel_core::config::NetConfig;
 use flannel_core::event::LeaseEvent;
@@ -348,11 +348,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             baseline: median_ms(&mut base_del),
         },
     ];
-    for f in &figures {
-        println!("{}", f.row());
-    }
-    for f in &figures {
-        println!("{}", f.to_json());
-    }
+    print_figures(&figures);
     Ok(())
 }

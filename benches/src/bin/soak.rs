@@ -37,7 +37,7 @@
 //! to this program, or `$BENCH_FLANNELD`. Not part of the test suite:
 //! `scripts/soak.sh [MINUTES]` builds and runs it.
 
-use flannel_benches::{Figure, Kind, Res, err, flanneld_bin};
+use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, print_figures};
 use flannel_testutil::cluster::{Backing, Cluster, ping_counts, wait_until};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -833,12 +833,7 @@ fn soak(minutes: f64, seed: u64, report_path: &Path) -> Res<()> {
         Err(e) => println!("after the run: FAILED: {e}"),
     }
     println!();
-    for f in &figures {
-        println!("{}", f.row());
-    }
-    for f in &figures {
-        println!("{}", f.to_json());
-    }
+    print_figures(&figures);
 
     let report = json!({
         "seed": seed,

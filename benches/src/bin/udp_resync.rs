@@ -20,7 +20,7 @@
 //! `$BENCH_FLANNELD`. Prints one row per figure and the figures as JSON lines.
 
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use flannel_benches::{Figure, Kind, Res, err, flanneld_bin};
+use flannel_benches::{Figure, Kind, Res, err, flanneld_bin, print_figures};
 use flannel_testutil::cluster::{Backing, CONVERGE, Cluster, http_get, metric_value, ping};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
@@ -232,11 +232,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     c.start(1, &[]);
     let figures = bench(&mut c)?;
     drop(c);
-    for f in &figures {
-        println!("{}", f.row());
-    }
-    for f in &figures {
-        println!("{}", f.to_json());
-    }
+    print_figures(&figures);
     Ok(())
 }
