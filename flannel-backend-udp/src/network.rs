@@ -82,6 +82,18 @@ impl DatapathSpec {
     }
 }
 
+/// The interface index of the TUN just opened.
+async fn tun_index(ops: &SharedOps) -> Result<u32, BackendError> {
+    Ok(ops
+        .link_by_name(TUN_NAME)
+        .await
+        .map_err(|e| dp(format!("link {TUN_NAME}"), e))?
+        .ok_or_else(|| {
+            BackendError::Refused(format!("{TUN_NAME} vanished right after it was opened"))
+        })?
+        .index)
+}
+
 /// The udp network (see the crate docs).
 pub struct UdpNetwork {
     ops: SharedOps,
@@ -181,14 +193,7 @@ impl UdpNetwork {
         let subnet = lease.subnet.ok_or_else(|| {
             BackendError::Refused(format!("the lease {} has no IPv4 subnet", lease.key()))
         })?;
-        let tun_index = ops
-            .link_by_name(TUN_NAME)
-            .await
-            .map_err(|e| dp(format!("link {TUN_NAME}"), e))?
-            .ok_or_else(|| {
-                BackendError::Refused(format!("{TUN_NAME} vanished right after it was opened"))
-            })?
-            .index;
+        let tun_index = tun_index(&ops).await?;
         let codec = Arc::new(UdpCodec::new(subnet.addr()));
         let peers = PeerTableHandle::new();
         let metrics = ctx
@@ -327,15 +332,7 @@ impl UdpNetwork {
             let (socket, tun) = spec.open()?;
             spec.start(tun, socket, codec, peers)
         })?;
-        self.tun_index = self
-            .ops
-            .link_by_name(TUN_NAME)
-            .await
-            .map_err(|e| dp(format!("link {TUN_NAME}"), e))?
-            .ok_or_else(|| {
-                BackendError::Refused(format!("{TUN_NAME} vanished right after it was opened"))
-            })?
-            .index;
+        self.tun_index = tun_index(&self.ops).await?;
         self.routes = Reconciler::new();
         warn!("{TUN_NAME} was deleted; recreated it and restarted the udp datapath");
         Ok(())

@@ -1078,6 +1078,67 @@ impl Cluster {
             .unwrap_or_else(|| panic!("host {}: no ifindex in {out}", i + 1))
     }
 
+    /// `ip link del <device>` on host `i` while pod `i` pings pod `to` ten
+    /// times a second: waits (up to 15 s) until host `i`'s route to the
+    /// network starts with `route` again and a ping crosses, then checks
+    /// that flanneld is still running and `device` is a new link (another
+    /// ifindex). Panics with flanneld's log otherwise.
+    pub fn delete_and_await_recreation(
+        &mut self,
+        i: usize,
+        to: usize,
+        device: &str,
+        network: &str,
+        route: &str,
+    ) -> Recreation {
+        let old_index = self.ifindex(i, device);
+        let dst = IpAddr::V4(self.pod(to).v4);
+        let out = self.dir.path().join(format!("ping-del-{device}.out"));
+        let pinger = Pinger::start(&self.pod(i).ns, dst, &out);
+        thread::sleep(Duration::from_millis(500));
+        self.ip(i, &["link", "del", device]);
+        let (_, back) = wait_until(Duration::from_secs(15), || {
+            let now = self.route_to(i, network).unwrap_or_default();
+            if !now.starts_with(route) {
+                return Err(format!("no network route yet: {}", self.routes(i, false)));
+            }
+            self.pod(i)
+                .ns
+                .exec(&["ping", "-c", "1", "-W", "1", "-q", &dst.to_string()])
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{device} was not recreated after its deletion: {e}\n{}",
+                self.log_tail(i, 30)
+            )
+        });
+        thread::sleep(Duration::from_millis(500));
+        let output = pinger.stop();
+        let (sent, received) =
+            ping_counts(&output).unwrap_or_else(|| panic!("no ping statistics in: {output}"));
+        eprintln!(
+            "{device} deleted under a 10/s ping: traffic back {back:?} after the deletion ({} of {sent} lost)",
+            sent - received
+        );
+        assert!(
+            self.daemon(i).exited().is_none(),
+            "flanneld exited after {device} was deleted:\n{}",
+            self.log_tail(i, 30)
+        );
+        assert_ne!(
+            self.ifindex(i, device),
+            old_index,
+            "{device} is a new device"
+        );
+        Recreation {
+            back,
+            sent,
+            received,
+        }
+    }
+
     /// The etcd server of an etcd-backed cluster (to stop and restart it).
     pub fn etcd_server(&mut self) -> &mut EtcdServer {
         match &mut self.store {
@@ -1525,6 +1586,17 @@ where
         "{what} failed:\n{}",
         failures.join("\n")
     );
+}
+
+/// What [`Cluster::delete_and_await_recreation`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Recreation {
+    /// From the deletion to the first ping that crossed again.
+    pub back: Duration,
+    /// Pings sent during the whole check.
+    pub sent: u64,
+    /// Replies received during the whole check.
+    pub received: u64,
 }
 
 /// A continuous `ping -n -i 0.1` from inside a namespace, its output in a

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use flannel_testutil::cluster::{
     Backing, CONVERGE, Cluster, PREFIX, Pinger, env_value, http_get, metric_value, ping,
-    ping_counts, tcp_transfer, v4_subnet, wait_until,
+    ping_counts, tcp_transfer, v4_subnet,
 };
 use flannel_testutil::goproxy::{GoProxy, GoProxyConfig};
 use flannel_testutil::netns::NetNs;
@@ -495,48 +495,12 @@ fn udp_recreates_a_deleted_tun() {
     c.add_pod(1);
     let dst = IpAddr::V4(c.pod(1).v4);
     ping(&c.pod(0).ns, dst, CONVERGE).expect("pod 1 -> pod 2 before the deletion");
-    let old_index = c.ifindex(0, "flannel0");
-    let out = c.dir.path().join("ping.out");
-    let pinger = Pinger::start(&c.pod(0).ns, dst, &out);
-    thread::sleep(Duration::from_millis(500));
-
-    c.ip(0, &["link", "del", "flannel0"]);
-    // Back within a bounded time: the device, its address and the route,
-    // and a ping that crosses it.
-    let (_, back) = wait_until(Duration::from_secs(15), || {
-        let route = c.route_to(0, "10.244.0.0/16").unwrap_or_default();
-        if !route.starts_with("10.244.0.0/16 dev flannel0") {
-            return Err(format!("no network route yet: {}", c.routes(0, false)));
-        }
-        c.pod(0)
-            .ns
-            .exec(&["ping", "-c", "1", "-W", "1", "-q", &dst.to_string()])
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "flannel0 was not recreated after its deletion: {e}\n{}",
-            c.log_tail(0, 30)
-        )
-    });
-    thread::sleep(Duration::from_secs(1));
-    let output = pinger.stop();
-    let (sent, received) =
-        ping_counts(&output).unwrap_or_else(|| panic!("no ping statistics in: {output}"));
-    eprintln!(
-        "flannel0 deleted under a 10/s ping: traffic back {back:?} after the deletion ({} of {sent} lost)",
-        sent - received
-    );
-    assert!(
-        c.daemon(0).exited().is_none(),
-        "flanneld exited after flannel0 was deleted:\n{}",
-        c.log_tail(0, 30)
-    );
-    assert_ne!(
-        c.ifindex(0, "flannel0"),
-        old_index,
-        "flannel0 is a new device"
+    let rec = c.delete_and_await_recreation(
+        0,
+        1,
+        "flannel0",
+        "10.244.0.0/16",
+        "10.244.0.0/16 dev flannel0",
     );
     // The same kernel state as at the start: persistent TUN, one /32, one route.
     check_tun(&c, 0, subnet);
@@ -557,7 +521,8 @@ fn udp_recreates_a_deleted_tun() {
     // The counters of the first engine are kept: traffic of both engines.
     let rx = sample(&m, "flannel_udp_packets_total{direction=\"rx\"}").unwrap_or_default();
     assert!(
-        rx >= received as f64,
-        "rx packets {rx} include the {received} ping replies of both engines"
+        rx >= rec.received as f64,
+        "rx packets {rx} include the {} ping replies of both engines",
+        rec.received
     );
 }

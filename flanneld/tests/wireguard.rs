@@ -21,8 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use flannel_testutil::cluster::{
-    Backing, CONVERGE, Cluster, PREFIX, Pinger, env_value, http_get, metric_value, ping_counts,
-    wait_until,
+    Backing, CONVERGE, Cluster, PREFIX, env_value, http_get, metric_value, wait_until,
 };
 
 const FLANNELD: &str = env!("CARGO_BIN_EXE_flanneld");
@@ -504,46 +503,12 @@ fn userspace_three_hosts_etcd() {
 /// crosses again within 15 s, the peers (kept in the userspace core) are
 /// still there, and `/metrics` counts the recreation.
 fn recreates_a_deleted_device(c: &mut Cluster, subnet: &str) {
-    let old_index = c.ifindex(0, "flannel-wg");
-    let dst = IpAddr::V4(c.pod(1).v4);
-    let out = c.dir.path().join("ping-del.out");
-    let pinger = Pinger::start(&c.pod(0).ns, dst, &out);
-    thread::sleep(Duration::from_millis(500));
-    c.ip(0, &["link", "del", "flannel-wg"]);
-    let (_, back) = wait_until(Duration::from_secs(15), || {
-        let route = c.route_to(0, "10.244.0.0/16").unwrap_or_default();
-        if route != "10.244.0.0/16 dev flannel-wg scope link" {
-            return Err(format!("no network route yet: {}", c.routes(0, false)));
-        }
-        c.pod(0)
-            .ns
-            .exec(&["ping", "-c", "1", "-W", "1", "-q", &dst.to_string()])
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "flannel-wg was not recreated after its deletion: {e}\n{}",
-            c.log_tail(0, 30)
-        )
-    });
-    thread::sleep(Duration::from_millis(500));
-    let output = pinger.stop();
-    let (sent, received) =
-        ping_counts(&output).unwrap_or_else(|| panic!("no ping statistics in: {output}"));
-    eprintln!(
-        "flannel-wg deleted under a 10/s ping: traffic back {back:?} after the deletion ({} of {sent} lost)",
-        sent - received
-    );
-    assert!(
-        c.daemon(0).exited().is_none(),
-        "flanneld exited after flannel-wg was deleted:\n{}",
-        c.log_tail(0, 30)
-    );
-    assert_ne!(
-        c.ifindex(0, "flannel-wg"),
-        old_index,
-        "flannel-wg is a new device"
+    c.delete_and_await_recreation(
+        0,
+        1,
+        "flannel-wg",
+        "10.244.0.0/16",
+        "10.244.0.0/16 dev flannel-wg scope link",
     );
     let addrs = c.ip(0, &["-4", "-o", "addr", "show", "dev", "flannel-wg"]);
     let own = format!("inet {}/32 ", subnet.trim_end_matches("/24"));
