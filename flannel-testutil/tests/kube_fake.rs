@@ -567,10 +567,14 @@ async fn kube_rs_watch_selectors_timeout_and_bookmarks() {
         elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(5),
         "{elapsed:?}"
     );
-    assert_eq!(seen[..2], ["ADDED node-a", "MODIFIED node-a"]);
+    // Bookmarks may come at any point (the 200 ms timer can fire before
+    // the test's update when the machine is busy); the object events are
+    // exactly node-a's, in order, and node-b's change is filtered out.
+    let objects: Vec<&String> = seen.iter().filter(|e| *e != "BOOKMARK").collect();
+    assert_eq!(objects, ["ADDED node-a", "MODIFIED node-a"], "{seen:?}");
     assert!(
-        seen[2..].iter().all(|e| e == "BOOKMARK") && seen.len() >= 4,
-        "{seen:?}"
+        seen.len() - objects.len() >= 2,
+        "at least two bookmarks in a 1 s watch: {seen:?}"
     );
 }
 
