@@ -74,7 +74,7 @@ step "cargo doc (-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
 
 step "cargo test"
-cargo test --workspace --all-features
+cargo test --workspace --all-features --no-fail-fast
 
 # The install paths from the debug binaries cargo test just built: the
 # Debian package (systemd-analyze verify, dpkg -i into a fresh debootstrap
