@@ -254,8 +254,10 @@ fn a_driver_keeps_moving_packets_during_a_5000_lease_resync() {
         inline >= Duration::from_millis(250),
         "polled inside the runner's task, the driver waits for the resync ({inline:?})"
     );
+    // Blocked by the resync, the driver would stall for all of its 300 ms;
+    // 250 ms leaves room for a busy machine's scheduling delays.
     assert!(
-        apart < Duration::from_millis(150),
+        apart < Duration::from_millis(250),
         "on the executor the driver must not wait for the 300 ms resync; longest stall {apart:?}"
     );
 }
