@@ -2,11 +2,11 @@
 //! function of the leases.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use flannel_core::backend::{BackendError, Network, RegisterContext, follow_renewal};
-use flannel_core::event::{EventKind, LeaseEvent};
+use flannel_core::event::LeaseEvent;
 use flannel_core::ip::Ip4Net;
 use flannel_core::lease::{Lease, LeaseAttrs};
 use tracing::{info, warn};
@@ -377,20 +377,7 @@ impl Network for IpsecNetwork {
         leases: &[&Lease],
     ) -> Result<(), BackendError> {
         for e in events {
-            let l = &e.lease;
-            match e.kind {
-                EventKind::Added if l.attrs.backend_type != TYPE => info!(
-                    "Ignoring non-ipsec subnet {}: type={}",
-                    l.key(),
-                    l.attrs.backend_type
-                ),
-                EventKind::Added => info!(
-                    "Subnet added: {} via {}",
-                    l.key(),
-                    IpAddr::V4(l.attrs.public_ip)
-                ),
-                EventKind::Removed => info!("Subnet removed: {}", l.key()),
-            }
+            info!("{}", e.describe(TYPE));
         }
         self.apply(leases).await
     }

@@ -11,7 +11,7 @@ use crate::userspace::{SocketFamily, UserspaceDevice};
 use flannel_core::backend::{
     BackendError, Driver, Network, RegisterContext, ResyncTrigger, follow_renewal,
 };
-use flannel_core::event::{EventKind, LeaseEvent};
+use flannel_core::event::LeaseEvent;
 use flannel_core::ip::{Ip4Net, Ip6Net};
 use flannel_core::lease::{Lease, LeaseAttrs};
 use flannel_core::reconcile::Reconciler;
@@ -571,25 +571,7 @@ impl Network for WireguardNetwork {
         leases: &[&Lease],
     ) -> Result<(), BackendError> {
         for e in events {
-            let l = &e.lease;
-            match e.kind {
-                EventKind::Added if l.attrs.backend_type != TYPE => {
-                    info!(
-                        "Ignoring non-wireguard subnet: type={}",
-                        l.attrs.backend_type
-                    )
-                }
-                EventKind::Added => info!(
-                    "Subnet added: {} via {}{}",
-                    l.key(),
-                    l.attrs.public_ip,
-                    l.attrs
-                        .public_ipv6
-                        .map(|v| format!(" and {v}"))
-                        .unwrap_or_default()
-                ),
-                EventKind::Removed => info!("Subnet removed: {}", l.key()),
-            }
+            info!("{}", e.describe(TYPE));
         }
         self.apply(leases, false).await
     }

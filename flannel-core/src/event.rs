@@ -65,6 +65,42 @@ impl LeaseEvent {
             lease,
         }
     }
+
+    /// The event as a log sentence in Go's words for a backend of type
+    /// `backend`: a lease of another type is ignored, an added one is
+    /// reached via its public address(es), a removed one is named.
+    ///
+    /// ```
+    /// use flannel_core::event::LeaseEvent;
+    /// use flannel_core::key::SubnetKey;
+    /// use flannel_core::lease::{Lease, LeaseAttrs};
+    ///
+    /// let mut attrs = LeaseAttrs::new("192.168.0.2".parse().unwrap());
+    /// attrs.backend_type = "ipsec".into();
+    /// let key: SubnetKey = "10.5.2.0-24".parse().unwrap();
+    /// let e = LeaseEvent::added(Lease::new(key, attrs));
+    /// assert_eq!(e.describe("ipsec"), "Subnet added: 10.5.2.0-24 via 192.168.0.2");
+    /// assert_eq!(e.describe("wireguard"), "Ignoring non-wireguard subnet 10.5.2.0-24: type=ipsec");
+    /// ```
+    pub fn describe(&self, backend: &str) -> String {
+        let l = &self.lease;
+        match self.kind {
+            EventKind::Removed => format!("Subnet removed: {}", l.key()),
+            EventKind::Added if l.attrs.backend_type != backend => format!(
+                "Ignoring non-{backend} subnet {}: type={}",
+                l.key(),
+                l.attrs.backend_type
+            ),
+            EventKind::Added => match l.attrs.public_ipv6 {
+                Some(v6) => format!(
+                    "Subnet added: {} via {} and {v6}",
+                    l.key(),
+                    l.attrs.public_ip
+                ),
+                None => format!("Subnet added: {} via {}", l.key(), l.attrs.public_ip),
+            },
+        }
+    }
 }
 
 /// One delivery from a lease watch.
