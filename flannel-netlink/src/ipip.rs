@@ -2,15 +2,13 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::IpProtocol;
 use netlink_packet_route::link::{
     InfoData, InfoIpTunnel, InfoKind, LinkAttribute, LinkInfo as RawLinkInfo, LinkMessage,
     TunnelEncapFlags, TunnelEncapType,
 };
-use netlink_packet_route::{IpProtocol, RouteNetlinkMessage};
 
-use crate::error::{EEXIST, ENODEV};
-use crate::link::parse_link;
+use crate::link::{Existing, parse_link};
 use crate::{EnsuredLink, Netlink, NetlinkError};
 
 /// `EOPNOTSUPP`: what the kernel answers to a link kind it does not know
@@ -130,55 +128,28 @@ impl Netlink {
     /// A kernel without ipip answers `EOPNOTSUPP` ([`EOPNOTSUPP`]). The
     /// device is left down; see [`Netlink::set_up`].
     pub async fn ensure_ipip(&self, spec: &IpipSpec) -> Result<EnsuredLink, NetlinkError> {
-        let create = || {
-            self.ack(
-                RouteNetlinkMessage::NewLink(spec.message()),
-                NLM_F_CREATE | NLM_F_EXCL,
-            )
-        };
-        let mut recreated_because = None;
-        let mut created = true;
-        match create().await {
-            Ok(()) => {}
-            Err(f) if f.errno() == Some(EEXIST) => match self.raw_link_by_name(&spec.name).await? {
-                None => create().await.map_err(|f| f.into_error(spec.describe()))?,
-                Some(existing) => {
-                    let link = parse_link(&existing);
-                    if link.kind.as_deref() != Some("ipip") {
-                        return Err(NetlinkError::WrongKind {
-                            name: spec.name.clone(),
-                            wanted: "ipip",
-                        });
-                    }
-                    let have = parse_ipip(&existing).unwrap_or_default();
-                    match spec.incompatibility(&have) {
-                        None => {
-                            created = false;
-                            if link.mtu != spec.mtu {
-                                self.set_mtu(link.index, spec.mtu).await?;
-                            }
-                        }
-                        Some(why) => {
-                            self.delete_link(link.index).await?;
-                            create().await.map_err(|f| f.into_error(spec.describe()))?;
-                            recreated_because = Some(why);
-                        }
-                    }
+        self.ensure_link(
+            &spec.name,
+            || spec.describe(),
+            || spec.message(),
+            |raw| {
+                if parse_link(raw).kind.as_deref() != Some("ipip") {
+                    return Err(NetlinkError::WrongKind {
+                        name: spec.name.clone(),
+                        wanted: "ipip",
+                    });
                 }
+                Ok(
+                    match spec.incompatibility(&parse_ipip(raw).unwrap_or_default()) {
+                        None => Existing::Reuse {
+                            mtu: Some(spec.mtu),
+                        },
+                        Some(why) => Existing::Recreate(why),
+                    },
+                )
             },
-            Err(f) => return Err(f.into_error(spec.describe())),
-        }
-        let link = self
-            .link_by_name(&spec.name)
-            .await?
-            .ok_or_else(|| NetlinkError::NotFound {
-                object: format!("link {}", spec.name),
-            })?;
-        Ok(EnsuredLink {
-            link,
-            created,
-            recreated_because,
-        })
+        )
+        .await
     }
 
     /// The tunnel endpoints of the ipip link `name`; `None` when there is
@@ -189,19 +160,6 @@ impl Netlink {
             .await?
             .filter(|m| parse_link(m).kind.as_deref() == Some("ipip"))
             .and_then(|m| parse_ipip(&m)))
-    }
-
-    async fn raw_link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.exchange(RouteNetlinkMessage::GetLink(msg), 0).await {
-            Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l),
-                _ => None,
-            })),
-            Err(f) if f.errno() == Some(ENODEV) => Ok(None),
-            Err(f) => Err(f.into_error(format!("link {name}"))),
-        }
     }
 }
 

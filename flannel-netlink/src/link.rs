@@ -84,6 +84,18 @@ pub struct EnsuredLink {
     pub recreated_because: Option<String>,
 }
 
+/// What [`Netlink::ensure_link`] does with a link of the wanted name that
+/// already exists.
+pub(crate) enum Existing {
+    /// Keep it, setting this MTU first when it differs.
+    Reuse {
+        /// The MTU the link must have; `None` keeps its own.
+        mtu: Option<u32>,
+    },
+    /// Delete it and create ours; why, in Go flannel's words.
+    Recreate(String),
+}
+
 impl VxlanSpec {
     fn port(&self) -> Option<u16> {
         self.port.filter(|p| *p > 0)
@@ -263,14 +275,102 @@ impl Netlink {
         msg: LinkMessage,
         object: impl FnOnce() -> String,
     ) -> Result<Option<LinkInfo>, NetlinkError> {
+        Ok(self
+            .get_raw_link(msg, object)
+            .await?
+            .map(|l| parse_link(&l)))
+    }
+
+    /// The kernel's message for one link, for kind-specific attributes
+    /// [`parse_link`] does not read; `None` when there is no such link.
+    async fn get_raw_link(
+        &self,
+        msg: LinkMessage,
+        object: impl FnOnce() -> String,
+    ) -> Result<Option<LinkMessage>, NetlinkError> {
         match self.exchange(RouteNetlinkMessage::GetLink(msg), 0).await {
-            Ok(answers) => Ok(answers.iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+            Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
                 _ => None,
             })),
             Err(f) if f.errno() == Some(ENODEV) => Ok(None),
             Err(f) => Err(f.into_error(object())),
         }
+    }
+
+    /// `ip link show <name>` as the kernel's message.
+    pub(crate) async fn raw_link_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<LinkMessage>, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_raw_link(msg, || format!("link {name}")).await
+    }
+
+    /// Creates the link `message` describes the way Go flannel does: add
+    /// with `NLM_F_EXCL` first, and only when that answers EEXIST look at
+    /// the link of that name (so a device that appears concurrently is
+    /// still judged). `judge` decides what to do with it, or refuses with
+    /// an error (nothing touched): reuse it (its MTU corrected when asked),
+    /// or delete it and add ours. A link deleted between the add and the
+    /// lookup is added once more. `describe` names the link in errors.
+    pub(crate) async fn ensure_link(
+        &self,
+        name: &str,
+        describe: impl Fn() -> String,
+        message: impl Fn() -> LinkMessage,
+        judge: impl FnOnce(&LinkMessage) -> Result<Existing, NetlinkError>,
+    ) -> Result<EnsuredLink, NetlinkError> {
+        let create = || {
+            self.ack(
+                RouteNetlinkMessage::NewLink(message()),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+        };
+        let mut recreated_because = None;
+        match create().await {
+            Ok(()) => {}
+            Err(f) if f.errno() == Some(EEXIST) => match self.raw_link_by_name(name).await? {
+                None => create().await.map_err(|f| f.into_error(describe()))?,
+                Some(raw) => match judge(&raw)? {
+                    Existing::Reuse { mtu } => {
+                        let existing = parse_link(&raw);
+                        let link = match mtu.filter(|m| *m != existing.mtu) {
+                            None => existing,
+                            Some(mtu) => {
+                                self.set_mtu(existing.index, mtu).await?;
+                                self.link_by_index(existing.index)
+                                    .await?
+                                    .unwrap_or(existing)
+                            }
+                        };
+                        return Ok(EnsuredLink {
+                            link,
+                            created: false,
+                            recreated_because: None,
+                        });
+                    }
+                    Existing::Recreate(why) => {
+                        self.delete_link(raw.header.index).await?;
+                        create().await.map_err(|f| f.into_error(describe()))?;
+                        recreated_because = Some(why);
+                    }
+                },
+            },
+            Err(f) => return Err(f.into_error(describe())),
+        }
+        let link = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| NetlinkError::NotFound {
+                object: format!("link {name} (just created)"),
+            })?;
+        Ok(EnsuredLink {
+            link,
+            created: true,
+            recreated_because,
+        })
     }
 
     /// `ip -d link show`: all links of the namespace.
@@ -306,49 +406,19 @@ impl Netlink {
     /// The device is left down; see [`Netlink::set_up`].
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<EnsuredLink, NetlinkError> {
         let mac = spec.mac.unwrap_or_else(random_vtep_mac);
-        let create = || {
-            self.ack(
-                RouteNetlinkMessage::NewLink(spec.message(mac)),
-                NLM_F_CREATE | NLM_F_EXCL,
-            )
-        };
-        let mut recreated_because = None;
-        // Add first, like Go: EEXIST (possible on add, never on replace) is
-        // the only case where we look at the existing device, so a device
-        // that appears concurrently is still checked for compatibility.
-        match create().await {
-            Ok(()) => {}
-            Err(f) if f.errno() == Some(EEXIST) => match self.link_by_name(&spec.name).await? {
-                // Deleted again between our add and our lookup: add once more.
-                None => create().await.map_err(|f| f.into_error(spec.describe()))?,
-                Some(existing) => match spec.incompatibility(&existing) {
-                    None => {
-                        return Ok(EnsuredLink {
-                            link: existing,
-                            created: false,
-                            recreated_because: None,
-                        });
-                    }
-                    Some(why) => {
-                        self.delete_link(existing.index).await?;
-                        create().await.map_err(|f| f.into_error(spec.describe()))?;
-                        recreated_because = Some(why);
-                    }
-                },
+        self.ensure_link(
+            &spec.name,
+            || spec.describe(),
+            || spec.message(mac),
+            // A compatible device is kept as it is (MAC and MTU included).
+            |raw| {
+                Ok(match spec.incompatibility(&parse_link(raw)) {
+                    None => Existing::Reuse { mtu: None },
+                    Some(why) => Existing::Recreate(why),
+                })
             },
-            Err(f) => return Err(f.into_error(spec.describe())),
-        }
-        let link = self
-            .link_by_name(&spec.name)
-            .await?
-            .ok_or_else(|| NetlinkError::NotFound {
-                object: format!("link {} (just created)", spec.name),
-            })?;
-        Ok(EnsuredLink {
-            link,
-            created: true,
-            recreated_because,
-        })
+        )
+        .await
     }
 
     /// `ip link add <name> mtu <mtu> type wireguard`, reusing an existing
@@ -362,58 +432,30 @@ impl Netlink {
         name: &str,
         mtu: u32,
     ) -> Result<EnsuredLink, NetlinkError> {
-        let describe = || format!("link {name} (type wireguard mtu {mtu})");
-        let create = || {
-            let mut msg = LinkMessage::default();
-            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-            msg.attributes
-                .push(LinkAttribute::LinkInfo(vec![RawLinkInfo::Kind(
-                    InfoKind::Wireguard,
-                )]));
-            self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
-        };
-        let mut recreated_because = None;
-        match create().await {
-            Ok(()) => {}
-            Err(f) if f.errno() == Some(EEXIST) => match self.link_by_name(name).await? {
-                None => create().await.map_err(|f| f.into_error(describe()))?,
-                Some(existing) if existing.kind.as_deref() == Some("wireguard") => {
-                    if existing.mtu != mtu {
-                        self.set_mtu(existing.index, mtu).await?;
-                    }
-                    let link = self
-                        .link_by_index(existing.index)
-                        .await?
-                        .unwrap_or(existing);
-                    return Ok(EnsuredLink {
-                        link,
-                        created: false,
-                        recreated_because: None,
-                    });
-                }
-                Some(existing) => {
-                    self.delete_link(existing.index).await?;
-                    create().await.map_err(|f| f.into_error(describe()))?;
-                    recreated_because = Some(format!(
-                        "link type: wireguard vs {}",
-                        existing.kind.as_deref().unwrap_or("device")
-                    ));
-                }
+        self.ensure_link(
+            name,
+            || format!("link {name} (type wireguard mtu {mtu})"),
+            || {
+                let mut msg = LinkMessage::default();
+                msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+                msg.attributes.push(LinkAttribute::Mtu(mtu));
+                msg.attributes
+                    .push(LinkAttribute::LinkInfo(vec![RawLinkInfo::Kind(
+                        InfoKind::Wireguard,
+                    )]));
+                msg
             },
-            Err(f) => return Err(f.into_error(describe())),
-        }
-        let link = self
-            .link_by_name(name)
-            .await?
-            .ok_or_else(|| NetlinkError::NotFound {
-                object: format!("link {name} (just created)"),
-            })?;
-        Ok(EnsuredLink {
-            link,
-            created: true,
-            recreated_because,
-        })
+            |raw| {
+                Ok(match parse_link(raw).kind.as_deref() {
+                    Some("wireguard") => Existing::Reuse { mtu: Some(mtu) },
+                    other => Existing::Recreate(format!(
+                        "link type: wireguard vs {}",
+                        other.unwrap_or("device")
+                    )),
+                })
+            },
+        )
+        .await
     }
 
     /// `ip link set dev <dev> up`.
