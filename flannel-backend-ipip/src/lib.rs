@@ -66,13 +66,6 @@ pub struct IpipOptions {
     pub direct_routing: bool,
 }
 
-fn config_error(reason: impl Into<String>) -> BackendError {
-    BackendError::Config {
-        backend: TYPE,
-        reason: reason.into(),
-    }
-}
-
 impl IpipOptions {
     /// Decodes the raw `Backend` object (absent or null = defaults).
     pub fn parse(backend: Option<&RawJson>) -> Result<IpipOptions, BackendError> {
@@ -82,13 +75,13 @@ impl IpipOptions {
             "ipipBackendConfig",
             "struct { DirectRouting bool }",
         )
-        .map_err(|e| config_error(e.0))?
+        .map_err(|e| BackendError::config(TYPE, e.0))?
         else {
             return Ok(o);
         };
         o.direct_routing = obj
             .bool("DirectRouting")
-            .map_err(|e| config_error(e.0))?
+            .map_err(|e| BackendError::config(TYPE, e.0))?
             .unwrap_or(false);
         Ok(o)
     }

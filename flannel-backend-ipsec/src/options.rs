@@ -58,13 +58,6 @@ pub struct IpsecOptions {
     pub esp_proposal: String,
 }
 
-fn config_error(reason: impl Into<String>) -> BackendError {
-    BackendError::Config {
-        backend: TYPE,
-        reason: reason.into(),
-    }
-}
-
 impl IpsecOptions {
     /// Decodes the raw `Backend` object. A missing or short `PSK` is Go's
     /// `config error, password is too short` (the key itself is never in
@@ -72,25 +65,25 @@ impl IpsecOptions {
     pub fn parse(backend: Option<&RawJson>) -> Result<IpsecOptions, BackendError> {
         let too_short = || BackendError::Refused("config error, password is too short".into());
         let Some(obj) = decode_struct(backend, "ipsecBackendConfig", "ipsec.backendConfig")
-            .map_err(|e| config_error(e.0))?
+            .map_err(|e| BackendError::config(TYPE, e.0))?
         else {
             return Err(too_short());
         };
         // Type errors name the field, never its value.
         let psk = obj
             .string("PSK")
-            .map_err(|_| config_error("PSK must be a string"))?
+            .map_err(|_| BackendError::config(TYPE, "PSK must be a string"))?
             .unwrap_or_default();
         if psk.chars().count() < MIN_PSK_LEN {
             return Err(too_short());
         }
         let udp_encap = obj
             .bool("UDPEncap")
-            .map_err(|e| config_error(e.0))?
+            .map_err(|e| BackendError::config(TYPE, e.0))?
             .unwrap_or(false);
         let esp_proposal = obj
             .string("ESPProposal")
-            .map_err(|e| config_error(e.0))?
+            .map_err(|e| BackendError::config(TYPE, e.0))?
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| DEFAULT_ESP_PROPOSAL.to_string());
         Ok(IpsecOptions {

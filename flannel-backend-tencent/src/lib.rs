@@ -67,13 +67,6 @@ pub struct TencentOptions {
     pub access_key_secret: Secret,
 }
 
-fn config_error(reason: String) -> BackendError {
-    BackendError::Config {
-        backend: TYPE,
-        reason,
-    }
-}
-
 impl TencentOptions {
     /// Decodes the raw `Backend` object (keys case-insensitive, as Go).
     pub fn parse(backend: Option<&RawJson>) -> Result<TencentOptions, BackendError> {
@@ -83,18 +76,18 @@ impl TencentOptions {
             "tencentVpcBackendConfig",
             "tencentvpc.backendConfig",
         )
-        .map_err(|e| config_error(e.0))?
+        .map_err(|e| BackendError::config(TYPE, e.0))?
         else {
             return Ok(o);
         };
         // A type error would quote the value: never for the secret.
         o.access_key_id = obj
             .string("AccessKeyID")
-            .map_err(|e| config_error(e.0))?
+            .map_err(|e| BackendError::config(TYPE, e.0))?
             .unwrap_or_default();
         o.access_key_secret = Secret::new(
             obj.string("AccessKeySecret")
-                .map_err(|_| config_error("AccessKeySecret must be a string".into()))?
+                .map_err(|_| BackendError::config(TYPE, "AccessKeySecret must be a string"))?
                 .unwrap_or_default(),
         );
         Ok(o)

@@ -43,30 +43,24 @@ impl Default for UdpOptions {
     }
 }
 
-fn config_error(reason: impl Into<String>) -> BackendError {
-    BackendError::Config {
-        backend: TYPE,
-        reason: reason.into(),
-    }
-}
-
 impl UdpOptions {
     /// Decodes the raw `Backend` object (absent or `null` = defaults).
     /// Unknown keys are ignored, as Go does. Go's `Port` is an `int` that
     /// only fails at bind time when out of range; we refuse it here.
     pub fn parse(backend: Option<&RawJson>) -> Result<UdpOptions, BackendError> {
         let mut o = UdpOptions::default();
-        let e = |e: JsonError| config_error(format!("error decoding UDP backend config: {}", e.0));
+        let e = |e: JsonError| {
+            BackendError::config(TYPE, format!("error decoding UDP backend config: {}", e.0))
+        };
         let Some(obj) =
             decode_struct(backend, "udp.backendConfig", "struct { Port int }").map_err(e)?
         else {
             return Ok(o);
         };
         if let Some(v) = obj.int("Port", "int").map_err(e)? {
-            o.port = u16::try_from(v)
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| config_error(format!("Port {v} out of range 1..65535")))?;
+            o.port = u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| {
+                BackendError::config(TYPE, format!("Port {v} out of range 1..65535"))
+            })?;
         }
         Ok(o)
     }
@@ -80,9 +74,10 @@ pub fn offload_from_env(value: Option<&str>) -> Result<bool, BackendError> {
     match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
         None | Some("" | "on" | "true" | "1" | "yes" | "auto") => Ok(true),
         Some("off" | "false" | "0" | "no") => Ok(false),
-        Some(other) => Err(config_error(format!(
-            "{OFFLOAD_ENV}={other}: expected on or off"
-        ))),
+        Some(other) => Err(BackendError::config(
+            TYPE,
+            format!("{OFFLOAD_ENV}={other}: expected on or off"),
+        )),
     }
 }
 

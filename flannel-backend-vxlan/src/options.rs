@@ -41,38 +41,36 @@ impl Default for VxlanOptions {
     }
 }
 
-fn config_error(reason: impl Into<String>) -> BackendError {
-    BackendError::Config {
-        backend: TYPE,
-        reason: reason.into(),
-    }
-}
-
 impl VxlanOptions {
     /// Decodes the raw `Backend` object (absent = all defaults).
     pub fn parse(backend: Option<&RawJson>) -> Result<VxlanOptions, BackendError> {
         let mut o = VxlanOptions::default();
         let Some(obj) = decode_struct(backend, "vxlanBackendConfig", "vxlan.backendConfig")
-            .map_err(|e| config_error(e.0))?
+            .map_err(|e| BackendError::config(TYPE, e.0))?
         else {
             return Ok(o);
         };
-        let e = |e: JsonError| config_error(e.0);
+        let e = |e: JsonError| BackendError::config(TYPE, e.0);
         if let Some(v) = obj.int("VNI", "int").map_err(e)? {
             o.vni = u32::try_from(v)
                 .ok()
                 .filter(|v| (1..=0xff_ffff).contains(v))
-                .ok_or_else(|| config_error(format!("VNI {v} out of range 1..16777215")))?;
+                .ok_or_else(|| {
+                    BackendError::config(TYPE, format!("VNI {v} out of range 1..16777215"))
+                })?;
         }
         if let Some(v) = obj.int("Port", "int").map_err(e)? {
-            o.port = u16::try_from(v)
-                .map_err(|_| config_error(format!("Port {v} out of range 0..65535")))?;
+            o.port = u16::try_from(v).map_err(|_| {
+                BackendError::config(TYPE, format!("Port {v} out of range 0..65535"))
+            })?;
         }
         if let Some(v) = obj.int("MTU", "int").map_err(e)?
             && v > 0
         {
-            o.mtu =
-                Some(u32::try_from(v).map_err(|_| config_error(format!("MTU {v} out of range")))?);
+            o.mtu = Some(
+                u32::try_from(v)
+                    .map_err(|_| BackendError::config(TYPE, format!("MTU {v} out of range")))?,
+            );
         }
         o.gbp = obj.bool("GBP").map_err(e)?.unwrap_or(false);
         o.learning = obj.bool("Learning").map_err(e)?.unwrap_or(false);

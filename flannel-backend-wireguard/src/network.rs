@@ -102,9 +102,11 @@ fn wanted_implementation(
 ) -> Result<Implementation, BackendError> {
     match ctx.host.env(IMPLEMENTATION_ENV).filter(|v| !v.is_empty()) {
         None => Ok(opts.implementation),
-        Some(v) => Implementation::parse(&v).ok_or_else(|| BackendError::Config {
-            backend: TYPE,
-            reason: format!("{IMPLEMENTATION_ENV}={v:?} is not one of auto, kernel, userspace"),
+        Some(v) => Implementation::parse(&v).ok_or_else(|| {
+            BackendError::config(
+                TYPE,
+                format!("{IMPLEMENTATION_ENV}={v:?} is not one of auto, kernel, userspace"),
+            )
         }),
     }
 }

@@ -122,13 +122,6 @@ impl Default for WireguardOptions {
     }
 }
 
-fn config_error(reason: impl Into<String>) -> BackendError {
-    BackendError::Config {
-        backend: TYPE,
-        reason: reason.into(),
-    }
-}
-
 /// Go decodes the options into an anonymous struct: its field errors read
 /// `Go struct field .ListenPort of type int`.
 const GO_STRUCT: &str = "";
@@ -139,8 +132,9 @@ impl WireguardOptions {
     /// `could not parse psk: ...`, `no valid Mode configured`.
     pub fn parse(backend: Option<&RawJson>) -> Result<WireguardOptions, BackendError> {
         let mut o = WireguardOptions::default();
-        let decoding =
-            |e: JsonError| config_error(format!("error decoding backend config: {}", e.0));
+        let decoding = |e: JsonError| {
+            BackendError::config(TYPE, format!("error decoding backend config: {}", e.0))
+        };
         let Some(obj) = decode_struct(
             backend,
             GO_STRUCT,
@@ -151,7 +145,9 @@ impl WireguardOptions {
             return Ok(o);
         };
         let port = |field: &str, v: i64| {
-            u16::try_from(v).map_err(|_| config_error(format!("{field} {v} out of range 0..65535")))
+            u16::try_from(v).map_err(|_| {
+                BackendError::config(TYPE, format!("{field} {v} out of range 0..65535"))
+            })
         };
         if let Some(v) = obj.int("ListenPort", "int").map_err(decoding)? {
             o.listen_port = port("ListenPort", v)?;
@@ -162,8 +158,10 @@ impl WireguardOptions {
         if let Some(v) = obj.int("MTU", "int").map_err(decoding)?
             && v > 0
         {
-            o.mtu =
-                Some(u32::try_from(v).map_err(|_| config_error(format!("MTU {v} out of range")))?);
+            o.mtu = Some(
+                u32::try_from(v)
+                    .map_err(|_| BackendError::config(TYPE, format!("MTU {v} out of range")))?,
+            );
         }
         if let Some(v) = obj
             .int("PersistentKeepaliveInterval", "time.Duration")
@@ -172,9 +170,10 @@ impl WireguardOptions {
             // Go multiplies the number by one second; the kernel keeps
             // whole seconds in 16 bits.
             o.keepalive = u16::try_from(v).map_err(|_| {
-                config_error(format!(
-                    "PersistentKeepaliveInterval {v} out of range 0..65535 seconds"
-                ))
+                BackendError::config(
+                    TYPE,
+                    format!("PersistentKeepaliveInterval {v} out of range 0..65535 seconds"),
+                )
             })?;
         }
         // `Mode` has its own Go type.
@@ -189,16 +188,16 @@ impl WireguardOptions {
         let psk = obj.string("PSK").map_err(decoding)?;
         if let Some(imp) = obj.string("Implementation").map_err(decoding)? {
             o.implementation = Implementation::parse(&imp).ok_or_else(|| {
-                config_error(format!(
-                    "Implementation {imp:?} is not one of auto, kernel, userspace"
-                ))
+                BackendError::config(
+                    TYPE,
+                    format!("Implementation {imp:?} is not one of auto, kernel, userspace"),
+                )
             })?;
         }
         if let Some(psk) = psk.filter(|p| !p.is_empty()) {
-            o.psk = Some(
-                Key::parse(&psk)
-                    .map_err(|e: KeyError| config_error(format!("could not parse psk: {e}")))?,
-            );
+            o.psk = Some(Key::parse(&psk).map_err(|e: KeyError| {
+                BackendError::config(TYPE, format!("could not parse psk: {e}"))
+            })?);
         }
         if let Some(mode) = mode {
             o.mode = match mode.as_str() {
@@ -206,7 +205,7 @@ impl WireguardOptions {
                 "auto" => Mode::Auto,
                 "ipv4" => Mode::Ipv4,
                 "ipv6" => Mode::Ipv6,
-                _ => return Err(config_error("no valid Mode configured")),
+                _ => return Err(BackendError::config(TYPE, "no valid Mode configured")),
             };
         }
         Ok(o)

@@ -125,6 +125,15 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// A [`BackendError::Config`]: the options of the `backend` type broke
+    /// the rule `reason` states.
+    pub fn config(backend: &'static str, reason: impl Into<String>) -> BackendError {
+        BackendError::Config {
+            backend,
+            reason: reason.into(),
+        }
+    }
+
     /// A [`BackendError::Datapath`] for `object`.
     pub fn datapath(
         object: impl Into<String>,
