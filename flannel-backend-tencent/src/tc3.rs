@@ -85,17 +85,7 @@ fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
 /// The UTC date (`2019-02-25`) of a Unix timestamp, as the credential scope
 /// needs it.
 pub fn utc_date(timestamp: i64) -> String {
-    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
-    let z = timestamp.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    flannel_core::time::utc_date(timestamp)
 }
 
 /// The canonical request of a POST to `/` without a query string.

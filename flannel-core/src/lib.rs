@@ -44,6 +44,7 @@ pub mod lease;
 pub mod manager;
 pub mod reconcile;
 pub mod subnet_env;
+pub mod time;
 
 pub use backend::{
     Backend, BackendError, ExternalInterface, HostContext, Network, RegisterContext, RetryPolicy,

@@ -299,17 +299,7 @@ fn hmac256(key: &[u8], data: &str) -> Vec<u8> {
 }
 
 fn date_of(ts: i64) -> String {
-    let days = ts.div_euclid(86_400);
-    // Civil date from days since 1970-01-01.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{:04}-{m:02}-{d:02}", yoe + era * 400 + i64::from(m <= 2))
+    flannel_core::time::utc_date(ts)
 }
 
 /// Checks the TC3 signature of `req` against the known keys; the error code
