@@ -139,15 +139,7 @@ baseline() {
         else
             ip -n "$h" route add "$net_j/24" via "192.168.100.$j" dev eth0
         fi
-        ip -n "$h" link add cni0 type bridge
-        ip -n "$h" link set cni0 mtu "$mtu" up
-        ip -n "$h" addr add "$gw/24" dev cni0
-        newns "$P-p$i"
-        ip -n "$h" link add "veth$i" mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns "$P-p$i"
-        ip -n "$h" link set "veth$i" master cni0 up
-        ip -n "$P-p$i" addr add "$pod/24" dev eth0
-        ip -n "$P-p$i" link set eth0 up
-        ip -n "$P-p$i" route add default via "$gw"
+        handmade_pod "$P" "$i" "$mtu" "$gw" "$pod"
         copy_rules "$O-h$i" "$h"
     done
 }

@@ -73,15 +73,7 @@ pods() {
         h="$P-h$i"
         net_i=$(lease_net "${TAG}o" "$i")
         gw="${net_i%.0}.1"
-        ip -n "$h" link add cni0 type bridge
-        ip -n "$h" link set cni0 mtu "$mtu" up
-        ip -n "$h" addr add "$gw/24" dev cni0
-        newns "$P-p$i"
-        ip -n "$h" link add "veth$i" mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns "$P-p$i"
-        ip -n "$h" link set "veth$i" master cni0 up
-        ip -n "$P-p$i" addr add "${POD[$i]}/24" dev eth0
-        ip -n "$P-p$i" link set eth0 up
-        ip -n "$P-p$i" route add default via "$gw"
+        handmade_pod "$P" "$i" "$mtu" "$gw" "${POD[$i]}"
     done
 }
 

@@ -171,3 +171,20 @@ measure() {
     done
     exit 1
 }
+
+# handmade_pod PREFIX I MTU GW POD: the baselines' pod by hand on host I of
+# topology PREFIX, as the bridge plugin would make it: bridge cni0 (GW/24,
+# MTU), pod namespace PREFIX-pI with eth0 = POD/24 on a veth into cni0,
+# default route via GW.
+handmade_pod() {
+    local P=$1 i=$2 mtu=$3 gw=$4 pod=$5 h="$1-h$2"
+    ip -n "$h" link add cni0 type bridge
+    ip -n "$h" link set cni0 mtu "$mtu" up
+    ip -n "$h" addr add "$gw/24" dev cni0
+    newns "$P-p$i"
+    ip -n "$h" link add "veth$i" mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns "$P-p$i"
+    ip -n "$h" link set "veth$i" master cni0 up
+    ip -n "$P-p$i" addr add "$pod/24" dev eth0
+    ip -n "$P-p$i" link set eth0 up
+    ip -n "$P-p$i" route add default via "$gw"
+}

@@ -122,6 +122,28 @@ fn pair_with(
     Pair { a, b }
 }
 
+/// `count` pings (0.2 s apart) of `size` payload bytes with DF set from a
+/// to b's TUN address: a packet of that size must cross unfragmented.
+fn df_ping(p: &Pair, count: u32, size: usize) -> Result<String, String> {
+    let (count, size) = (count.to_string(), size.to_string());
+    p.a.ns
+        .exec(&[
+            "ping",
+            "-c",
+            &count,
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &size,
+            "10.77.2.1",
+        ])
+        .map_err(|e| e.to_string())
+}
+
 fn data(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..len)
@@ -185,21 +207,7 @@ fn ping(p: &Pair) {
         out.unwrap_or_else(|e| panic!("ping over the tunnel failed (needs iputils-ping): {e}"));
     assert!(out.contains("3 received"), "ping output: {out}");
     // A full-size packet with DF set fits: MTU 1472 = 20 + 8 + 1444.
-    let out =
-        p.a.ns
-            .exec(&[
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-M",
-                "do",
-                "-s",
-                "1444",
-                "10.77.2.1",
-            ])
-            .unwrap();
+    let out = df_ping(p, 1, 1444).unwrap();
     assert!(out.contains("1 received"), "full-size ping: {out}");
 }
 
@@ -375,23 +383,7 @@ fn mtu_raised_after_start() {
             .ip(&["link", "set", &side.tun, "mtu", "9000"])
             .unwrap();
     }
-    let out =
-        p.a.ns
-            .exec(&[
-                "ping",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                "-M",
-                "do",
-                "-s",
-                "8972",
-                "10.77.2.1",
-            ])
-            .unwrap_or_else(|e| panic!("jumbo ping failed: {e}"));
+    let out = df_ping(&p, 2, 8972).unwrap_or_else(|e| panic!("jumbo ping failed: {e}"));
     assert!(out.contains("2 received"), "jumbo ping: {out}");
     let (want, got, _) = transfer(&p, 8 << 20);
     assert_eq!(got, want, "SHA-256 with MTU 9000");
@@ -497,20 +489,7 @@ fn transforming_codec() {
             .ip(&["link", "set", &side.tun, "mtu", "1440"])
             .unwrap();
     }
-    let out = p.a.ns.exec(&[
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        "-M",
-        "do",
-        "-s",
-        "1412",
-        "10.77.2.1",
-    ]);
+    let out = df_ping(&p, 2, 1412);
     assert!(
         out.as_ref().is_ok_and(|o| o.contains("2 received")),
         "ping: {out:?}"

@@ -53,19 +53,7 @@ fn cluster(name: &str, hosts: usize, config: &str) -> Cluster {
         require(tool, pkg);
     }
     let mut c = Cluster::new(FLANNELD, name, hosts, false, Backing::Etcd, config);
-    for i in 0..hosts {
-        let d = c.host_path(i);
-        c.set_host_env(
-            i,
-            "WIREGUARD_KEY_FILE",
-            &d.join("keys/wgkey").display().to_string(),
-        );
-        c.set_host_env(
-            i,
-            "FLANNEL_WIREGUARD_SOCKET_DIR",
-            &d.join("wg").display().to_string(),
-        );
-    }
+    per_host_key_and_socket(&mut c, hosts);
     c
 }
 
@@ -540,6 +528,24 @@ fn recreates_a_deleted_device(c: &mut Cluster, subnet: &str) {
     );
 }
 
+/// Each host's own key file and UAPI socket directory (the hosts share
+/// this machine's /run).
+fn per_host_key_and_socket(c: &mut Cluster, hosts: usize) {
+    for i in 0..hosts {
+        let d = c.host_path(i);
+        c.set_host_env(
+            i,
+            "WIREGUARD_KEY_FILE",
+            &d.join("keys/wgkey").display().to_string(),
+        );
+        c.set_host_env(
+            i,
+            "FLANNEL_WIREGUARD_SOCKET_DIR",
+            &d.join("wg").display().to_string(),
+        );
+    }
+}
+
 /// The IPv6 subnet (`fd00:244:0:X::/64`) of a dual-stack subnet.env.
 fn subnet6_of(env: &str) -> String {
     let s = env_value(env, "FLANNEL_IPV6_SUBNET").expect("FLANNEL_IPV6_SUBNET");
@@ -565,19 +571,7 @@ fn dual_stack_modes() {
     for (mode, tag) in [("separate", "wgsep"), ("ipv6", "wgip6"), ("auto", "wgaut")] {
         let config = ds(mode);
         let mut c = Cluster::new(FLANNELD, tag, 2, true, Backing::Etcd, &config);
-        for i in 0..2 {
-            let d = c.host_path(i);
-            c.set_host_env(
-                i,
-                "WIREGUARD_KEY_FILE",
-                &d.join("keys/wgkey").display().to_string(),
-            );
-            c.set_host_env(
-                i,
-                "FLANNEL_WIREGUARD_SOCKET_DIR",
-                &d.join("wg").display().to_string(),
-            );
-        }
+        per_host_key_and_socket(&mut c, 2);
         c.start_all();
         let envs: Vec<String> = (0..2).map(|i| c.wait_env(i)).collect();
         let s4: Vec<String> = envs.iter().map(|e| subnet_of(e)).collect();
