@@ -90,6 +90,22 @@ fn pump(nodes: &[&Node], wire: &mut Wire) -> Vec<(SocketAddr, Vec<u8>)> {
     out
 }
 
+/// A pair without PSKs whose session is up (a first packet from A crossed),
+/// with the wire and a packet buffer for more.
+fn handshaken() -> (Node, Node, u32, Wire, Vec<u8>) {
+    let (a, b, id_b, _) = pair(None, None);
+    let mut wire = Wire::default();
+    let mut buf = vec![0u8; MAX_PACKET];
+    a.core.encapsulate(
+        id_b,
+        &ipv4([10, 5, 1, 2], [10, 5, 2, 2], b"x"),
+        &mut buf,
+        &mut wire,
+    );
+    pump(&[&a, &b], &mut wire);
+    (a, b, id_b, wire, buf)
+}
+
 fn pair(psk_a: Option<Key>, psk_b: Option<Key>) -> (Node, Node, u32, u32) {
     let a = node(A_EP);
     let b = node(B_EP);
@@ -153,16 +169,7 @@ fn handshake_then_data_both_ways() {
 #[test]
 fn equal_sizes_give_equal_datagrams() {
     // What lets the engine send a GSO train with one UDP_SEGMENT call.
-    let (a, b, id_b, _) = pair(None, None);
-    let mut wire = Wire::default();
-    let mut buf = vec![0u8; MAX_PACKET];
-    a.core.encapsulate(
-        id_b,
-        &ipv4([10, 5, 1, 2], [10, 5, 2, 2], b"x"),
-        &mut buf,
-        &mut wire,
-    );
-    pump(&[&a, &b], &mut wire);
+    let (a, _b, id_b, mut wire, mut buf) = handshaken();
     let sizes: Vec<usize> = (0..3)
         .map(|i| {
             let p = ipv4([10, 5, 1, 2], [10, 5, 2, 2], &vec![i as u8; 1380]);
@@ -236,16 +243,7 @@ fn cryptokey_routing_and_unknown_peers() {
 
 #[test]
 fn update_keeps_the_session_and_roaming_moves_the_endpoint() {
-    let (a, b, id_b, _) = pair(None, None);
-    let mut wire = Wire::default();
-    let mut buf = vec![0u8; MAX_PACKET];
-    a.core.encapsulate(
-        id_b,
-        &ipv4([10, 5, 1, 2], [10, 5, 2, 2], b"x"),
-        &mut buf,
-        &mut wire,
-    );
-    pump(&[&a, &b], &mut wire);
+    let (a, b, id_b, mut wire, mut buf) = handshaken();
     // New allowed IPs for B: same id, session kept (data goes out at once).
     let mut cfg = peer_of(&b, [10, 5, 2, 0], None);
     cfg.allowed_ips.push(("fd00:5:2::".parse().unwrap(), 64));
